@@ -1,0 +1,25 @@
+"""flamingo-jax: DeepMind's Flamingo visual language model in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="flamingo_jax",
+    version="0.1.0",
+    description="Flamingo (arXiv 2204.14198) in JAX/Flax: Perceiver Resampler and gated "
+    "cross-attention on a frozen LM and a frozen vision encoder.",
+    packages=setuptools.find_packages(include=["flamingo_jax", "flamingo_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.10",
+        "chex>=0.1.87",
+        "ml_collections>=0.1.1",
+        "absl-py",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3"],
+    },
+)
