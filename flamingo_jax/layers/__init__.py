@@ -1,0 +1,1 @@
+"""Building blocks shared by the vision towers, the LMs and the Flamingo bridge."""

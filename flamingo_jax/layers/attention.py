@@ -1,0 +1,159 @@
+"""Multi-head attention: self or cross, grouped-query, RoPE or Transformer-XL relative positions,
+with an explicit key/value cache for decoding.
+
+Shapes: B batch, Lq / Lk query / key length, H query heads, K key/value heads (H % K == 0),
+Dh head width.
+"""
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30  # Finite, so an all-masked row gives a uniform softmax rather than NaN.
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of the tokens seen so far. k, v: [B, S, K, Dh]."""
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32):
+    shape = (batch, length, num_kv_heads, head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float,
+                     fraction: float = 1.0) -> jax.Array:
+  """RoPE in the rotate-half layout (Hugging Face LLaMA / GPT-NeoX).
+
+  x: [B, L, H, Dh]; positions: [B, L]. Only the first `fraction` of each head is rotated.
+  """
+  rot = int(x.shape[-1] * fraction)
+  x_rot, x_pass = x[..., :rot], x[..., rot:]
+  inv_freq = theta ** (-jnp.arange(0, rot, 2, dtype=jnp.float32) / rot)
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, L, rot/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  first, second = jnp.split(x_rot, 2, axis=-1)
+  rotated = jnp.concatenate([-second, first], axis=-1)
+  out = x_rot.astype(jnp.float32) * jnp.cos(angles) + rotated.astype(jnp.float32) * jnp.sin(angles)
+  return jnp.concatenate([out.astype(x.dtype), x_pass], axis=-1)
+
+
+def sinusoid(positions: jax.Array, dim: int) -> jax.Array:
+  """Transformer-XL sinusoidal encoding [sin | cos]. positions: [N] -> [N, dim]."""
+  inv_freq = 10000.0 ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  angles = positions[:, None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def dot_product_attention(q, k, v, mask, bias=None):
+  """softmax(q k^T / sqrt(Dh) + bias, where mask) v.
+
+  q: [B, Lq, H, Dh]; k, v: [B, Lk, K, Dh]; mask: bool [B, 1 or H, Lq, Lk];
+  bias: [B, H, Lq, Lk] or None. Returns [B, Lq, H, Dh].
+  """
+  b, lq, h, dh = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, lq, kv_heads, h // kv_heads, dh)
+  logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(dh)
+  logits = logits.reshape(b, h, lq, -1)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  logits = jnp.where(mask, logits, NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  probs = probs.reshape(b, kv_heads, h // kv_heads, lq, -1)
+  return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, lq, h, dh)
+
+
+class MultiHeadAttention(nn.Module):
+  """Attention of `inputs_q` over `inputs_kv` (the same array for self-attention).
+
+  position: "none", "rope" (rotary on q and k) or "relative" (Transformer-XL, as in Gopher and
+  Chinchilla: learned content and position biases and a projection of sinusoids of the distance).
+  """
+  num_heads: int
+  head_dim: int
+  num_kv_heads: int | None = None
+  qkv_bias: bool = False
+  out_bias: bool = False
+  position: str = "none"
+  rope_theta: float = 10000.0
+  rope_fraction: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _proj(self, heads, axes, use_bias, name):
+    return nn.DenseGeneral(
+        (heads, self.head_dim), use_bias=use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+        name=name)
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv, mask, q_positions=None, kv_positions=None,
+               cache: KVCache | None = None, cache_index=None):
+    """inputs_q: [B, Lq, Dq]; inputs_kv: [B, Lk, Dkv]; mask: bool [B, 1|H, Lq, S].
+
+    q_positions: [B, Lq], kv_positions: [B, S] (needed for "rope" and "relative"). With a
+    cache, the new keys and values are written at `cache_index` and attention runs over all S
+    cached slots; returns (output [B, Lq, Dq], the updated cache or None).
+    """
+    kv_heads = self.num_kv_heads or self.num_heads
+    q = self._proj(self.num_heads, ("embed", "heads", "kv"), self.qkv_bias, "query")(inputs_q)
+    k = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "key")(inputs_kv)
+    v = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "value")(inputs_kv)
+
+    if self.position == "rope":
+      lk = inputs_kv.shape[1]
+      new_k_positions = kv_positions if cache is None else jax.lax.dynamic_slice_in_dim(
+          kv_positions, cache_index, lk, axis=1)
+      q = rotary_embedding(q, q_positions, self.rope_theta, self.rope_fraction)
+      k = rotary_embedding(k, new_k_positions, self.rope_theta, self.rope_fraction)
+
+    new_cache = None
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 1)
+      new_cache = KVCache(k=k, v=v)
+
+    bias = None
+    if self.position == "relative":
+      q, bias = self._relative_position_terms(q, q_positions, kv_positions, inputs_q.shape[-1])
+    elif self.position not in ("none", "rope"):
+      raise ValueError(f"Unknown attention position scheme {self.position!r}.")
+
+    out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, bias)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    out = nn.DenseGeneral(
+        inputs_q.shape[-1], axis=(-2, -1), use_bias=self.out_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name="out")(out)
+    return out, new_cache
+
+  def _relative_position_terms(self, q, q_positions, kv_positions, model_dim):
+    """Transformer-XL: logits = (q + u).k + (q + v).W_r r(i - j), r sinusoidal.
+
+    Returns the content query q + u and the position term as an additive bias [B, H, Lq, S],
+    pre-scaled by 1/sqrt(Dh) like the content logits.
+    """
+    init = nn.initializers.zeros
+    u = self.param("content_bias", nn.with_logical_partitioning(init, ("heads", "kv")),
+                   (self.num_heads, self.head_dim), self.param_dtype)
+    w = self.param("position_bias", nn.with_logical_partitioning(init, ("heads", "kv")),
+                   (self.num_heads, self.head_dim), self.param_dtype)
+    num_keys = kv_positions.shape[1]
+    # Distances 0..S-1 cover every pair a causal mask lets through.
+    rel = sinusoid(jnp.arange(num_keys), model_dim).astype(self.dtype)
+    r = self._proj(self.num_heads, ("embed", "heads", "kv"), False, "relative")(rel)  # [S, H, Dh]
+    scores = jnp.einsum("bqhd,shd->bhqs", q + w.astype(q.dtype), r).astype(jnp.float32)
+    distance = jnp.clip(q_positions[:, :, None] - kv_positions[:, None, :], 0, num_keys - 1)
+    distance = jnp.broadcast_to(distance[:, None], scores.shape[:2] + distance.shape[1:])
+    bias = jnp.take_along_axis(scores, distance, axis=-1) / jnp.sqrt(self.head_dim)
+    return q + u.astype(q.dtype), bias

@@ -1,0 +1,226 @@
+"""One decoder-only LM family whose config switches cover LLaMA-style models (RMSNorm, RoPE,
+SwiGLU, grouped-query attention, optional QKV bias, tied or untied embeddings), GPT-2-style
+models (LayerNorm, learned positions, GELU MLP, biases), GPT-NeoX (parallel residual, partial
+rotary) and Chinchilla (RMSNorm, Transformer-XL relative positions, GELU MLP).
+
+The LM exposes its pieces (`embed`, `block`, `head`) so that Flamingo can interleave its gated
+cross-attention layers between the frozen blocks without copying them. `num_extra_tokens` new
+token rows (Flamingo's `<image>` and `<EOC>`) live in their own parameters, `extra_embedding`
+and, for untied heads, `extra_unembedding`, so that they alone can be trained.
+"""
+
+import dataclasses
+from typing import Any
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from flamingo_jax.layers.attention import KVCache, MultiHeadAttention
+from flamingo_jax.layers.mlp import Mlp, dense
+from flamingo_jax.layers.norms import make_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+  """Shape and architecture switches of a decoder-only LM."""
+  vocab_size: int
+  embed_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  num_kv_heads: int | None = None    # None: multi-head attention (= num_heads).
+  head_dim: int | None = None        # None: embed_dim // num_heads.
+  norm: str = "rms"                  # "rms" | "layer"
+  norm_eps: float = 1e-5
+  activation: str = "silu"
+  gated_mlp: bool = True             # SwiGLU when activation is "silu".
+  mlp_bias: bool = False
+  qkv_bias: bool = False
+  out_bias: bool = False
+  norm_bias: bool = True             # LayerNorm only.
+  position: str = "rope"             # "rope" | "learned" | "relative" | "none"
+  rope_theta: float = 10000.0
+  rope_fraction: float = 1.0         # GPT-NeoX rotary_pct.
+  max_length: int = 2048             # Learned position table size.
+  tie_embeddings: bool = False
+  parallel_residual: bool = False    # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)).
+  num_extra_tokens: int = 0          # Trainable new tokens appended to the vocabulary.
+
+  @classmethod
+  def from_dict(cls, d: Any) -> "LMConfig":
+    d = dict(d)
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"Unknown LM config fields {sorted(unknown)}.")
+    return cls(**d)
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def dh(self) -> int:
+    return self.head_dim or self.embed_dim // self.num_heads
+
+  @property
+  def total_vocab(self) -> int:
+    return self.vocab_size + self.num_extra_tokens
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Everything decoding needs between calls; no state hides inside the modules.
+
+  caches: one KVCache per layer, [B, S, K, Dh] each; key_positions: [B, S] int32, the position of
+  the token in each cache slot, -1 for empty or padding slots; index: int32 [], next free slot.
+  """
+  caches: tuple[KVCache, ...]
+  key_positions: jax.Array
+  index: jax.Array
+
+  @classmethod
+  def zeros(cls, config: LMConfig, batch: int, length: int, dtype=jnp.float32):
+    return cls(
+        caches=tuple(KVCache.zeros(batch, length, config.kv_heads, config.dh, dtype)
+                     for _ in range(config.num_layers)),
+        key_positions=jnp.full((batch, length), -1, jnp.int32),
+        index=jnp.zeros((), jnp.int32))
+
+
+def attention_mask(q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array:
+  """Causal mask over positions; negative key positions (empty or padding) are never seen.
+
+  q_positions: [B, Lq]; kv_positions: [B, S] -> bool [B, 1, Lq, S].
+  """
+  kv = kv_positions[:, None, :]
+  return ((kv >= 0) & (kv <= q_positions[:, :, None]))[:, None]
+
+
+class DecoderBlock(nn.Module):
+  """A pre-norm transformer block. x: [B, L, D] -> [B, L, D]."""
+  config: LMConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, q_positions, kv_positions, mask, cache=None, cache_index=None):
+    c = self.config
+    norm = lambda name: make_norm(c.norm, eps=c.norm_eps, use_bias=c.norm_bias, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, name=name)
+    hn = norm("attention_norm")(x)
+    h, cache = MultiHeadAttention(
+        num_heads=c.num_heads, head_dim=c.dh, num_kv_heads=c.num_kv_heads,
+        qkv_bias=c.qkv_bias, out_bias=c.out_bias,
+        position=c.position if c.position in ("rope", "relative") else "none",
+        rope_theta=c.rope_theta, rope_fraction=c.rope_fraction, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="attention")(
+            hn, hn, mask, q_positions, kv_positions, cache, cache_index)
+    mlp = Mlp(c.mlp_dim, c.activation, c.gated_mlp, c.mlp_bias, self.dtype, self.param_dtype,
+              name="mlp")
+    if c.parallel_residual:
+      x = x + h + mlp(norm("mlp_norm")(x))
+    else:
+      x = x + h
+      x = x + mlp(norm("mlp_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+
+
+class DecoderLM(nn.Module):
+  """tokens [B, L] int32 -> logits [B, L, vocab_size + num_extra_tokens] float32."""
+  config: LMConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    init = nn.initializers.normal(0.02)
+    self.embedder = nn.Embed(
+        c.vocab_size, c.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
+    if c.num_extra_tokens:
+      self.extra_embedding = self.param(
+          "extra_embedding", nn.with_logical_partitioning(init, ("vocab", "embed")),
+          (c.num_extra_tokens, c.embed_dim), self.param_dtype)
+      if not c.tie_embeddings:
+        self.extra_unembedding = self.param(
+            "extra_unembedding", nn.with_logical_partitioning(init, ("embed", "vocab")),
+            (c.embed_dim, c.num_extra_tokens), self.param_dtype)
+    if c.position == "learned":
+      self.position_embedder = nn.Embed(
+          c.max_length, c.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+          embedding_init=nn.with_logical_partitioning(init, ("length", "embed")))
+    self.layers = [DecoderBlock(c, self.dtype, self.param_dtype) for _ in range(c.num_layers)]
+    self.final_norm = make_norm(c.norm, eps=c.norm_eps, use_bias=c.norm_bias, dtype=self.dtype,
+                                param_dtype=self.param_dtype)
+    if not c.tie_embeddings:
+      self.unembed = dense(c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
+                           param_dtype=self.param_dtype, kernel_init=init)
+
+  def embed(self, tokens, positions):
+    """tokens, positions: [B, L] int32 -> [B, L, D]. Ids >= vocab_size are the extra tokens."""
+    c = self.config
+    x = self.embedder(jnp.minimum(tokens, c.vocab_size - 1))
+    if c.num_extra_tokens:
+      extra = jnp.asarray(self.extra_embedding, self.dtype)[
+          jnp.clip(tokens - c.vocab_size, 0, c.num_extra_tokens - 1)]
+      x = jnp.where((tokens >= c.vocab_size)[..., None], extra, x)
+    if c.position == "learned":
+      x = x + self.position_embedder(jnp.clip(positions, 0, c.max_length - 1))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def block(self, i, x, q_positions, kv_positions, mask, cache=None, cache_index=None):
+    return self.layers[i](x, q_positions, kv_positions, mask, cache, cache_index)
+
+  def head(self, x):
+    """Final norm and logits: [B, L, D] -> [B, L, V] float32."""
+    c = self.config
+    x = self.final_norm(x)
+    if c.tie_embeddings:
+      logits = self.embedder.attend(x)
+    else:
+      logits = self.unembed(x)
+    if c.num_extra_tokens:
+      extra = (self.extra_embedding.T if c.tie_embeddings else self.extra_unembedding)
+      logits = jnp.concatenate([logits, x @ jnp.asarray(extra, self.dtype)], axis=-1)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+  def __call__(self, tokens, positions=None, state: DecodeState | None = None):
+    """Returns logits [B, L, V], and the advanced DecodeState when one is given.
+
+    positions: [B, L] int32, default 0..L-1; -1 marks padding that no token attends to.
+    """
+    chex.assert_rank(tokens, 2)
+    positions = default_positions(tokens) if positions is None else positions
+    q_pos, kv_pos, mask = attention_positions(positions, state)
+    x = self.embed(tokens, positions)
+    caches = []
+    for i in range(self.config.num_layers):
+      x, cache = self.block(i, x, q_pos, kv_pos, mask, *layer_cache(state, i))
+      caches.append(cache)
+    logits = self.head(x)
+    if state is None:
+      return logits
+    return logits, advance(state, caches, kv_pos, tokens.shape[1])
+
+
+def default_positions(tokens):
+  return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+def attention_positions(positions, state: DecodeState | None):
+  """(query positions, key positions, mask) for a call with or without a decode state."""
+  if state is None:
+    return positions, positions, attention_mask(positions, positions)
+  kv_pos = jax.lax.dynamic_update_slice_in_dim(state.key_positions, positions, state.index, 1)
+  return positions, kv_pos, attention_mask(positions, kv_pos)
+
+
+def layer_cache(state: DecodeState | None, i: int):
+  return (None, None) if state is None else (state.caches[i], state.index)
+
+
+def advance(state: DecodeState, caches, kv_pos, length: int) -> DecodeState:
+  return DecodeState(caches=tuple(caches), key_positions=kv_pos, index=state.index + length)

@@ -1,0 +1,69 @@
+"""Attention, positions and MLP building blocks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flamingo_jax.layers import attention, mlp, norms
+
+
+def test_grouped_query_attention_equals_attention_with_repeated_kv_heads():
+  kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(kq, (2, 5, 6, 8))
+  k = jax.random.normal(kk, (2, 7, 2, 8))
+  v = jax.random.normal(kv, (2, 7, 2, 8))
+  mask = jax.random.bernoulli(jax.random.key(1), 0.7, (2, 1, 5, 7))
+  grouped = attention.dot_product_attention(q, k, v, mask)
+  repeated = attention.dot_product_attention(q, jnp.repeat(k, 3, axis=2), jnp.repeat(v, 3, axis=2),
+                                             mask)
+  np.testing.assert_allclose(grouped, repeated, atol=1e-6)
+  reference = jax.nn.dot_product_attention(q, k, v, mask=mask)
+  np.testing.assert_allclose(grouped, reference, atol=1e-5)
+
+
+def test_rotary_scores_depend_only_on_distance():
+  q = jax.random.normal(jax.random.key(0), (1, 1, 1, 16))
+  k = jax.random.normal(jax.random.key(1), (1, 1, 1, 16))
+  def score(pq, pk):
+    rq = attention.rotary_embedding(q, jnp.array([[pq]]), 10000.0)
+    rk = attention.rotary_embedding(k, jnp.array([[pk]]), 10000.0)
+    return float(jnp.sum(rq * rk))
+  assert score(7, 3) == pytest.approx(score(104, 100), abs=1e-4)
+  assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
+  # Rotation preserves the norm.
+  rq = attention.rotary_embedding(q, jnp.array([[12]]), 10000.0)
+  np.testing.assert_allclose(jnp.linalg.norm(rq), jnp.linalg.norm(q), rtol=1e-6)
+
+
+def test_partial_rotary_leaves_the_tail_of_each_head_alone():
+  x = jax.random.normal(jax.random.key(0), (1, 3, 2, 8))
+  out = attention.rotary_embedding(x, jnp.arange(3)[None], 10000.0, fraction=0.5)
+  np.testing.assert_array_equal(out[..., 4:], x[..., 4:])
+  assert not np.allclose(out[:, 1:, :, :4], x[:, 1:, :, :4])
+
+
+def test_relative_attention_is_translation_invariant():
+  """Transformer-XL attention sees only distances, so shifting all positions changes nothing."""
+  layer = attention.MultiHeadAttention(num_heads=2, head_dim=4, position="relative")
+  x = jax.random.normal(jax.random.key(0), (1, 5, 8))
+  pos = jnp.arange(5)[None]
+  mask = (pos[:, None, :, None] >= pos[:, None, None, :])
+  params = layer.init(jax.random.key(1), x, x, mask, pos, pos)
+  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+  out, _ = layer.apply(params, x, x, mask, pos, pos)
+  shifted, _ = layer.apply(params, x, x, mask, pos + 11, pos + 11)
+  np.testing.assert_allclose(out, shifted, atol=1e-5)
+
+
+def test_squared_relu():
+  x = jnp.array([-2.0, 0.0, 3.0])
+  np.testing.assert_array_equal(mlp.activation("squared_relu")(x), [0.0, 0.0, 9.0])
+
+
+@pytest.mark.parametrize("bad", ["batch", "nonsense"])
+def test_unknown_names_are_rejected_with_the_name(bad):
+  with pytest.raises(ValueError, match=bad):
+    mlp.activation(bad)
+  with pytest.raises(ValueError, match=bad):
+    norms.make_norm(bad, eps=1e-5)
