@@ -1,0 +1,22 @@
+"""A miniature Flamingo that runs on a CPU in seconds: ViT tower, LLaMA-style LM, the paper's
+resampler and gated blocks at toy width. For tests and smoke runs; its weights are random."""
+
+import ml_collections
+
+from flamingo_jax.config import model_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config(
+      vision=dict(kind="vit", image_size=32, patch_size=8, width=48, depth=2, num_heads=3,
+                  mlp_dim=96, class_token=True, pre_norm=True, final_norm=True,
+                  activation="gelu", norm_eps=1e-5, patch_bias=False),
+      lm=dict(vocab_size=256, embed_dim=64, num_layers=4, num_heads=4, num_kv_heads=2,
+              mlp_dim=128, norm="rms", activation="silu", gated_mlp=True, position="rope",
+              max_length=512),
+      resampler=dict(dim=48, depth=2, num_latents=8, num_heads=2, head_dim=16, max_frames=4),
+      xattn=dict(every=2, head_dim=16),
+  )
+  return config

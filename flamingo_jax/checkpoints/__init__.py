@@ -1,0 +1,1 @@
+"""Checkpoint I/O (orbax) and importers of pretrained weights."""

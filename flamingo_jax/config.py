@@ -1,0 +1,74 @@
+"""Config files and the pieces they are built from.
+
+A config file is a Python file with `get_config() -> ml_collections.ConfigDict`; its `model`
+section is what `Flamingo` reads. Derived fields (the special-token ids, the cross-attention
+head count) are FieldReferences, so overriding a base field from the command line moves them too.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from flamingo_jax.flamingo.trainable import DEFAULT_TRAINABLE
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """Loads `get_config()` from a config file; a bare name like "tiny" looks in configs/."""
+  file = pathlib.Path(path)
+  if not file.exists() and not file.suffix:
+    file = CONFIG_DIR / f"{path}.py"
+  if not file.exists():
+    raise FileNotFoundError(f"No config file at {path!r} (looked in {file}).")
+  spec = importlib.util.spec_from_file_location(f"flamingo_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
+                 dtype: str = "float32") -> ml_collections.ConfigDict:
+  """The `model` section: paper defaults for the resampler and gated blocks, overridden by args.
+
+  lm: LMConfig fields (flamingo_jax.lm.LMConfig); vision: `kind` plus the encoder's fields.
+  `<image>` and `<EOC>` get the first two ids after the LM's vocabulary.
+  """
+  c = ml_collections.ConfigDict()
+  c.dtype = dtype
+  c.param_dtype = "float32"
+  c.vision = ml_collections.ConfigDict(vision)
+  lm = dict(lm)
+  lm.setdefault("num_kv_heads", lm["num_heads"])
+  lm.setdefault("head_dim", lm["embed_dim"] // lm["num_heads"])
+  c.lm = ml_collections.ConfigDict(lm)
+  c.resampler = ml_collections.ConfigDict(dict(
+      dim=1536, depth=6, num_latents=64, num_heads=16, head_dim=128, mlp_ratio=4,
+      activation="squared_relu", max_frames=8, norm_eps=1e-5) | resampler)
+  c.xattn = ml_collections.ConfigDict(dict(
+      every=1, start=0, num_heads=c.lm.get_ref("num_heads"), head_dim=128, mlp_ratio=4,
+      activation="squared_relu", kv_norm=True, media_mode="last", norm_eps=1e-5) | xattn)
+  c.media_token_id = c.lm.get_ref("vocab_size")
+  c.eoc_token_id = c.lm.get_ref("vocab_size") + 1
+  c.trainable = DEFAULT_TRAINABLE
+  return c
+
+
+def chinchilla_lm(num_layers: int, embed_dim: int, num_heads: int) -> dict:
+  """A Chinchilla / Gopher-shaped frozen LM (Rae et al. 2021; Hoffmann et al. 2022).
+
+  RMSNorm, Transformer-XL relative position attention (whose per-layer position projection is
+  why these models have 13 D^2 rather than 12 D^2 parameters a layer), a 4D GELU MLP,
+  head width 128 and a 32,000-token SentencePiece vocabulary.
+  """
+  return dict(vocab_size=32000, embed_dim=embed_dim, num_layers=num_layers,
+              num_heads=num_heads, head_dim=128, mlp_dim=4 * embed_dim, norm="rms",
+              norm_eps=1e-5, activation="gelu", gated_mlp=False, position="relative",
+              tie_embeddings=False)
+
+
+def nfnet_vision(variant: str = "F6", image_size: int = 320) -> dict:
+  """The paper's frozen vision encoder: NFNet-F6, contrastively pretrained at 288 px and used at
+  320 px."""
+  return dict(kind="nfnet", variant=variant, image_size=image_size)

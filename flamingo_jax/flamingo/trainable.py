@@ -1,0 +1,33 @@
+"""The one rule that separates trainable from frozen parameters, by path.
+
+Paths are '/'-joined keys of the parameter tree, e.g. 'gated_xattn_3/attention/query/kernel'.
+Gradients and optimiser state exist for the trainable part only.
+"""
+
+import re
+from collections.abc import Sequence
+
+from flax import traverse_util
+
+# The paper trains the resampler, the gated cross-attention blocks and the new token rows.
+DEFAULT_TRAINABLE = (r"^resampler/", r"^gated_xattn_\d+/", r"^lm/extra_")
+
+
+def is_trainable(path: str, patterns: Sequence[str] = DEFAULT_TRAINABLE) -> bool:
+  return any(re.search(p, path) for p in patterns)
+
+
+def split(params, patterns: Sequence[str] = DEFAULT_TRAINABLE):
+  """params -> (trainable, frozen): two trees with disjoint leaves that `merge` puts back."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  trainable = {k: v for k, v in flat.items() if is_trainable(k, patterns)}
+  frozen = {k: v for k, v in flat.items() if k not in trainable}
+  return (traverse_util.unflatten_dict(trainable, sep="/"),
+          traverse_util.unflatten_dict(frozen, sep="/"))
+
+
+def merge(trainable, frozen):
+  """Inverse of `split`."""
+  flat = traverse_util.flatten_dict(frozen, sep="/")
+  flat.update(traverse_util.flatten_dict(trainable, sep="/"))
+  return traverse_util.unflatten_dict(flat, sep="/")

@@ -1,0 +1,1 @@
+"""Training: objective, optimiser and the train step over trainable parameters only."""

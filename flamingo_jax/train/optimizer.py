@@ -1,0 +1,39 @@
+"""The paper's optimiser (appendix B.1.2): AdamW, global-norm clipping at 1.0, weight decay 0.1
+except on the resampler, learning rate warmed up linearly from 0 to 1e-4 over 5,000 steps and
+then constant. It only ever sees the trainable parameters."""
+
+import re
+
+from flax import traverse_util
+import ml_collections
+import optax
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
+      clip_norm=1.0, no_decay=(r"^resampler/",)))
+
+
+def decay_mask(params, no_decay_patterns):
+  """True for the weight matrices and embeddings, which take weight decay; False for norms,
+  biases, gates and anything matched by `no_decay_patterns`."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return traverse_util.unflatten_dict({
+      path: value.ndim >= 2 and not any(re.search(p, path) for p in no_decay_patterns)
+      for path, value in flat.items()}, sep="/")
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
+       optax.constant_schedule(config.learning_rate)], [config.warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(config.clip_norm),
+      optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
+                  weight_decay=config.weight_decay,
+                  mask=lambda p: decay_mask(p, config.no_decay)))
+

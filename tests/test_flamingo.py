@@ -1,0 +1,168 @@
+"""The Flamingo model: public interface, exactness at init, image-causal masking, decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flamingo_jax
+from flamingo_jax.flamingo import (Flamingo, FlamingoDecodeState, GatedCrossAttentionBlock,
+                                   cross_attention_mask, lm_config, media_index)
+from flamingo_jax.lm import DecoderLM
+
+
+def interleaved_batch(config, rng_seed=0):
+  """Two sequences, three images each, text before the first image and between images."""
+  c = config.model
+  img, eoc = c.media_token_id, c.eoc_token_id
+  rng = np.random.default_rng(rng_seed)
+  text = lambda n: list(rng.integers(0, c.lm.vocab_size, n))
+  rows = [text(3) + [img] + text(4) + [eoc, img] + text(3) + [eoc, img] + text(2),
+          [img] + text(5) + [eoc, img] + text(4) + [eoc, img] + text(2) + [eoc]]
+  tokens = jnp.asarray(rows, jnp.int32)
+  size = c.vision.image_size
+  images = jnp.asarray(rng.normal(size=(2, 3, 1, size, size, 3)), jnp.float32)
+  return images, tokens
+
+
+def open_gates(params, value=0.8, noise=0.3):
+  """Non-zero gates and perturbed weights, as after some training: at the 0.02-scale
+  initialisation, an image's influence on far-away tokens is below float32 resolution."""
+  leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(42), len(leaves))
+  return jax.tree.unflatten(tree, [
+      jnp.full_like(x, value) if jax.tree_util.keystr(path).endswith("_gate']")
+      else x + noise * jax.random.normal(k, x.shape, x.dtype) * jnp.std(x)
+      for (path, x), k in zip(leaves, keys)])
+
+
+def test_public_interface(tiny_config, tiny_model):
+  model, params = tiny_model
+  images, tokens = interleaved_batch(tiny_config)
+  logits = model.apply({"params": params}, images, tokens)
+  c = tiny_config.model
+  assert logits.shape == (2, tokens.shape[1], c.lm.vocab_size + 2)
+  assert logits.dtype == jnp.float32
+  assert c.media_token_id == c.lm.vocab_size and c.eoc_token_id == c.lm.vocab_size + 1
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
+
+
+def test_init_logits_equal_the_frozen_lm(tiny_config, tiny_model, tiny_forward):
+  """tanh(0) gates: at initialisation Flamingo computes exactly the frozen LM."""
+  model, params = tiny_model
+  images, tokens = interleaved_batch(tiny_config)
+  flamingo_logits = tiny_forward(params, images, tokens)
+  lm = DecoderLM(lm_config(tiny_config.model))
+  lm_logits = lm.apply({"params": params["lm"]}, tokens)
+  assert float(jnp.abs(flamingo_logits - lm_logits).max()) < 1e-6
+  # With open gates the images do matter, so the equality above is not vacuous.
+  opened = tiny_forward(open_gates(params), images, tokens)
+  assert float(jnp.abs(opened - lm_logits).max()) > 1e-3
+
+
+def test_media_index_and_mask():
+  tokens = jnp.array([[5, 9, 5, 5, 9, 5, 5]])  # 9 is <image>
+  np.testing.assert_array_equal(media_index(tokens, 9), [[-1, 0, 0, 0, 1, 1, 1]])
+  np.testing.assert_array_equal(media_index(tokens, 9, jnp.array([2])), [[1, 2, 2, 2, 3, 3, 3]])
+  mask = cross_attention_mask(media_index(tokens, 9), num_media=2, tokens_per_medium=3)
+  assert mask.shape == (1, 1, 7, 6)
+  np.testing.assert_array_equal(mask[0, 0, 0], [0] * 6)
+  np.testing.assert_array_equal(mask[0, 0, 2], [1, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(mask[0, 0, 5], [0, 0, 0, 1, 1, 1])
+  every = cross_attention_mask(media_index(tokens, 9), 2, 3, mode="all_previous")
+  np.testing.assert_array_equal(every[0, 0, 5], [1] * 6)
+  with pytest.raises(ValueError, match="sideways"):
+    cross_attention_mask(media_index(tokens, 9), 2, 3, mode="sideways")
+
+
+def gated_block_outputs(visual, x, tokens):
+  block = GatedCrossAttentionBlock(num_heads=2, head_dim=8)
+  mask = cross_attention_mask(media_index(tokens, 9), visual.shape[1] // 4, 4)
+  params = block.init(jax.random.key(0), x, visual, mask)["params"]
+  params = dict(params, attention_gate=jnp.array(1.0), ffw_gate=jnp.array(0.0))
+  return block.apply({"params": params}, x, visual, mask)
+
+
+def test_cross_attention_sees_only_the_most_recent_image():
+  tokens = jnp.array([[5, 5, 9, 5, 5, 9, 5, 5]])
+  x = jax.random.normal(jax.random.key(1), (1, 8, 16))
+  visual = jax.random.normal(jax.random.key(2), (1, 8, 12))  # 2 media x 4 tokens
+  out = gated_block_outputs(visual, x, tokens)
+  # Tokens before the first image: exactly zero cross-attention (attention gate is 1, FFW's 0).
+  np.testing.assert_array_equal(out[:, :2], x[:, :2])
+  assert not np.allclose(out[:, 2:], x[:, 2:])
+  # Changing image 0 leaves the tokens of image 1 untouched, and vice versa.
+  other0 = visual.at[:, :4].set(jax.random.normal(jax.random.key(3), (1, 4, 12)))
+  out0 = gated_block_outputs(other0, x, tokens)
+  np.testing.assert_array_equal(out0[:, 5:], out[:, 5:])
+  assert not np.allclose(out0[:, 2:5], out[:, 2:5])
+  other1 = visual.at[:, 4:].set(jax.random.normal(jax.random.key(4), (1, 4, 12)))
+  out1 = gated_block_outputs(other1, x, tokens)
+  np.testing.assert_array_equal(out1[:, :5], out[:, :5])
+
+
+def test_logits_before_an_image_token_do_not_depend_on_that_image(tiny_config, tiny_model,
+                                                                  tiny_forward):
+  model, params = tiny_model
+  params = open_gates(params)
+  images, tokens = interleaved_batch(tiny_config)
+  base = tiny_forward(params, images, tokens)
+  third = int(np.flatnonzero(np.asarray(tokens[0]) == tiny_config.model.media_token_id)[2])
+  changed = images.at[0, 2].set(-images[0, 2])
+  out = tiny_forward(params, changed, tokens)
+  np.testing.assert_array_equal(out[0, :third], base[0, :third])
+  assert not np.allclose(out[0, third:], base[0, third:])
+  np.testing.assert_array_equal(out[1], base[1])
+  # Earlier images reach later tokens through self-attention, even past a newer image.
+  changed_first = images.at[0, 0].set(-images[0, 0])
+  out = tiny_forward(params, changed_first, tokens)
+  assert float(jnp.abs(out[0, third + 1:] - base[0, third + 1:]).max()) > 1e-6
+
+
+def test_no_nan_for_text_only_sequences(tiny_config, tiny_model, tiny_forward):
+  model, params = tiny_model
+  images, _ = interleaved_batch(tiny_config)
+  tokens = jnp.arange(12, dtype=jnp.int32)[None].repeat(2, 0)
+  logits = tiny_forward(open_gates(params), images, tokens)
+  assert bool(jnp.isfinite(logits).all())
+
+
+def test_too_many_images_is_a_clear_error(tiny_config, tiny_model):
+  model, params = tiny_model
+  images, tokens = interleaved_batch(tiny_config)
+  with pytest.raises(ValueError, match="3 <image> tokens .* only 2 media"):
+    model.apply({"params": params}, images[:, :2], tokens)
+
+
+def test_cached_decoding_equals_full_forward(tiny_config, tiny_model):
+  """Feeding the sequence in chunks, images included, gives the full forward's logits."""
+  model, params = tiny_model
+  params = open_gates(params)
+  images, tokens = interleaved_batch(tiny_config)
+  full = model.apply({"params": params}, images, tokens)
+  variables = {"params": params}
+  visual = model.apply(variables, images, method=Flamingo.encode_media)
+  state = FlamingoDecodeState.zeros(tiny_config.model, 2, tokens.shape[1] + 2)
+  pieces = []
+  for start, stop in [(0, 4), (4, 5), (5, 11), (11, 12), (12, tokens.shape[1])]:
+    positions = jnp.broadcast_to(jnp.arange(start, stop), (2, stop - start))
+    logits, state = model.apply(variables, visual, tokens[:, start:stop], positions, state,
+                                method=Flamingo.decode)
+    pieces.append(logits)
+  # Exact structure, float32 rounding: a one-token chunk takes other CPU kernels (1e-4 seen).
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=5e-4)
+  np.testing.assert_array_equal(state.media_count, [3, 3])
+
+
+def test_all_previous_media_mode_changes_the_model(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.xattn.media_mode = "all_previous"
+  model, params = flamingo_jax.create(config, jax.random.key(0))
+  last_model, _ = flamingo_jax.create(tiny_config, jax.random.key(0))
+  params = open_gates(params)
+  images, tokens = interleaved_batch(tiny_config)
+  a = model.apply({"params": params}, images, tokens)
+  b = last_model.apply({"params": params}, images, tokens)
+  first = int(np.flatnonzero(np.asarray(tokens[0]) == tiny_config.model.media_token_id)[1])
+  np.testing.assert_allclose(a[0, :first], b[0, :first], atol=1e-6)
+  assert not np.allclose(a[0, first:], b[0, first:])

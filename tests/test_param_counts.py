@@ -1,0 +1,63 @@
+"""Parameter counts of the paper's configurations, from shapes alone (jax.eval_shape)."""
+
+import flax.linen as nn
+import jax
+import pytest
+
+import flamingo_jax
+from flamingo_jax.flamingo import trainable
+from flamingo_jax.model_factory import abstract_params, build_model, example_inputs
+
+from conftest import REPO
+
+# Flamingo paper, section 3 and appendix B.1.2, table 5 ("Parameter counts"): total
+# parameters of Flamingo-3B / 9B / 80B.
+PAPER_TOTALS = {"flamingo_3b": 3.2e9, "flamingo_9b": 9.3e9, "flamingo_80b": 80e9}
+PAPER_RESAMPLER = 194e6  # Appendix A.1.1: the same 194M resampler at every size.
+
+
+def count(tree):
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module", params=sorted(PAPER_TOTALS))
+def shapes(request):
+  config = flamingo_jax.load_config(str(REPO / "configs" / f"{request.param}.py"))
+  return request.param, config, abstract_params(build_model(config), config)
+
+
+def test_total_within_five_percent_of_the_paper(shapes):
+  name, _, params = shapes
+  total = count(params)
+  assert abs(total / PAPER_TOTALS[name] - 1) < 0.05, f"{name}: {total / 1e9:.2f}B"
+
+
+def test_resampler_is_the_papers_194m(shapes):
+  _, _, params = shapes
+  assert abs(count(params["resampler"]) / PAPER_RESAMPLER - 1) < 0.05
+
+
+def test_trainable_parts_are_resampler_gated_blocks_and_new_tokens(shapes):
+  _, config, params = shapes
+  train, frozen = trainable.split(params, config.model.trainable)
+  assert set(train) == {"resampler", "lm"} | {k for k in params if k.startswith("gated_xattn_")}
+  assert set(train["lm"]) == {"extra_embedding", "extra_unembedding"}
+  assert "vision_encoder" in frozen and "embedder" in frozen["lm"]
+  assert count(train) + count(frozen) == count(params)
+
+
+LOGICAL_AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "latents", "media",
+                "frames", "patches", "layers", None}
+
+
+def test_every_parameter_has_logical_axis_names(tiny_config):
+  """The sharding rules can place every parameter: each dimension has a logical name (or None
+  for dimensions that are never sharded, like conv kernels' spatial dims)."""
+  model = build_model(tiny_config)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), *example_inputs(tiny_config))["params"]
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves
+  for leaf in leaves:
+    assert isinstance(leaf, nn.Partitioned), leaf
+    assert len(leaf.names) == leaf.value.ndim
+    assert set(leaf.names) <= LOGICAL_AXES, leaf.names

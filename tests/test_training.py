@@ -1,0 +1,103 @@
+"""Frozen parameters get no gradient and no optimiser state; the train step learns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flamingo_jax.flamingo import trainable
+from flamingo_jax.train import optimizer, step as step_lib
+
+from test_flamingo import interleaved_batch
+
+
+def make_batch(config):
+  images, tokens = interleaved_batch(config)
+  targets = jnp.roll(tokens, -1, axis=1)
+  weights = (targets != config.model.media_token_id).astype(jnp.float32).at[:, -1].set(0.0)
+  return dict(images=images, tokens=tokens, targets=targets, weights=weights)
+
+
+def paths(tree):
+  return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_frozen_parameters_have_no_gradient_and_no_optimizer_state(tiny_config, tiny_model):
+  model, params = tiny_model
+  opt_config = optimizer.default_optimizer_config()
+  opt_config.warmup_steps = 1
+  opt_config.learning_rate = 1e-2
+  tx = optimizer.make_optimizer(opt_config)
+  state, frozen = step_lib.init_train_state(params, tx, tiny_config.model.trainable)
+
+  # Optimiser state mirrors the trainable tree only: no frozen path appears in it.
+  trainable_paths = paths(state.params)
+  frozen_paths = paths(frozen)
+  assert trainable_paths and frozen_paths and not trainable_paths & frozen_paths
+  moments = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+             if hasattr(s, "mu")][0]
+  assert paths(moments.mu) == trainable_paths
+  assert sum(x.size for x in jax.tree.leaves(state.opt_state)) < 3 * sum(
+      x.size for x in jax.tree.leaves(state.params)) + 10
+  assert sum(x.size for x in jax.tree.leaves(frozen)) > sum(
+      x.size for x in jax.tree.leaves(state.params))
+
+  batch = make_batch(tiny_config)
+  step = jax.jit(lambda s, f, b: step_lib.train_step(model, tx, s, f, b))
+  new_state, metrics = step(state, frozen, batch)  # Learning rate 0: warm-up starts at 0.
+  new_state, metrics = step(new_state, frozen, batch)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  # At closed gates only the gates themselves get a gradient; they open.
+  for i in range(2):
+    block = new_state.params[f"gated_xattn_{i}"]
+    assert float(block["attention_gate"]) != 0 and float(block["ffw_gate"]) != 0
+  assert bool(jnp.any(new_state.params["lm"]["extra_embedding"]
+                      != state.params["lm"]["extra_embedding"]))
+
+
+def test_gradient_through_the_merged_tree_is_zero_for_frozen_leaves(tiny_config, tiny_model):
+  """Cross-check: differentiating the whole tree gives the same trainable gradients as the
+  trainable-only step, so nothing is lost by leaving the frozen part out."""
+  model, params = tiny_model
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.full_like(x, 0.5) if jax.tree_util.keystr(p).endswith("_gate']") else x, params)
+  batch = make_batch(tiny_config)
+
+  def loss(p):
+    logits = model.apply({"params": p}, batch["images"], batch["tokens"])
+    return step_lib.next_token_loss(logits, batch["targets"], batch["weights"])
+
+  full_grads = jax.jit(jax.grad(loss))(params)
+  train, frozen = trainable.split(params, tiny_config.model.trainable)
+  train_grads = jax.jit(jax.grad(lambda t: loss(trainable.merge(t, frozen))))(train)
+  expected, _ = trainable.split(full_grads, tiny_config.model.trainable)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), train_grads, expected)
+
+
+def test_train_step_lowers_the_loss(tiny_config, tiny_model):
+  model, params = tiny_model
+  opt_config = optimizer.default_optimizer_config()
+  opt_config.warmup_steps = 1
+  opt_config.learning_rate = 3e-3
+  tx = optimizer.make_optimizer(opt_config)
+  state, frozen = step_lib.init_train_state(params, tx, tiny_config.model.trainable)
+  batch = make_batch(tiny_config)
+  step = jax.jit(lambda s, b: step_lib.train_step(model, tx, s, frozen, b))
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_weight_decay_skips_norms_gates_biases_and_the_resampler():
+  params = {"resampler": {"latents": jnp.ones((4, 2))},
+            "gated_xattn_0": {"attention_gate": jnp.ones(()), "norm": {"scale": jnp.ones(2)},
+                              "attention": {"query": {"kernel": jnp.ones((2, 2, 1))}}}}
+  mask = optimizer.decay_mask(params, (r"^resampler/",))
+  assert mask == {"resampler": {"latents": False},
+                  "gated_xattn_0": {"attention_gate": False, "norm": {"scale": False},
+                                    "attention": {"query": {"kernel": True}}}}
+  schedule = optimizer.learning_rate_schedule(optimizer.default_optimizer_config())
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(2500)), 5e-5, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(400_000)), 1e-4, rtol=1e-6)
