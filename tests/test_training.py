@@ -17,17 +17,22 @@ def make_batch(config):
   return dict(images=images, tokens=tokens, targets=targets, weights=weights)
 
 
+def short_warmup_state(config, params, learning_rate):
+  """The paper's optimiser with a 1-step warm-up: (tx, train state, frozen params)."""
+  opt_config = optimizer.default_optimizer_config()
+  opt_config.warmup_steps = 1
+  opt_config.learning_rate = learning_rate
+  tx = optimizer.make_optimizer(opt_config)
+  return (tx, *step_lib.init_train_state(params, tx, config.model.trainable))
+
+
 def paths(tree):
   return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def test_frozen_parameters_have_no_gradient_and_no_optimizer_state(tiny_config, tiny_model):
   model, params = tiny_model
-  opt_config = optimizer.default_optimizer_config()
-  opt_config.warmup_steps = 1
-  opt_config.learning_rate = 1e-2
-  tx = optimizer.make_optimizer(opt_config)
-  state, frozen = step_lib.init_train_state(params, tx, tiny_config.model.trainable)
+  tx, state, frozen = short_warmup_state(tiny_config, params, 1e-2)
 
   # Optimiser state mirrors the trainable tree only: no frozen path appears in it.
   trainable_paths = paths(state.params)
@@ -75,11 +80,7 @@ def test_gradient_through_the_merged_tree_is_zero_for_frozen_leaves(tiny_config,
 
 def test_train_step_lowers_the_loss(tiny_config, tiny_model):
   model, params = tiny_model
-  opt_config = optimizer.default_optimizer_config()
-  opt_config.warmup_steps = 1
-  opt_config.learning_rate = 3e-3
-  tx = optimizer.make_optimizer(opt_config)
-  state, frozen = step_lib.init_train_state(params, tx, tiny_config.model.trainable)
+  tx, state, frozen = short_warmup_state(tiny_config, params, 3e-3)
   batch = make_batch(tiny_config)
   step = jax.jit(lambda s, b: step_lib.train_step(model, tx, s, frozen, b))
   losses = []
