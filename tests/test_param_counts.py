@@ -1,12 +1,12 @@
 """Parameter counts of the paper's configurations, from shapes alone (jax.eval_shape)."""
 
-import flax.linen as nn
 import jax
+from jax.sharding import PartitionSpec
 import pytest
 
 import flamingo_jax
 from flamingo_jax.flamingo import trainable
-from flamingo_jax.model_factory import abstract_params, build_model, example_inputs
+from flamingo_jax.model_factory import abstract_params, build_model, logical_axes
 
 from conftest import REPO
 
@@ -54,10 +54,11 @@ def test_every_parameter_has_logical_axis_names(tiny_config):
   """The sharding rules can place every parameter: each dimension has a logical name (or None
   for dimensions that are never sharded, like conv kernels' spatial dims)."""
   model = build_model(tiny_config)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), *example_inputs(tiny_config))["params"]
-  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-  assert leaves
-  for leaf in leaves:
-    assert isinstance(leaf, nn.Partitioned), leaf
-    assert len(leaf.names) == leaf.value.ndim
-    assert set(leaf.names) <= LOGICAL_AXES, leaf.names
+  specs = logical_axes(model, tiny_config)
+  shapes = abstract_params(model, tiny_config)
+  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  shape_leaves = jax.tree.leaves(shapes)
+  assert len(spec_leaves) == len(shape_leaves) > 0
+  for spec, shape in zip(spec_leaves, shape_leaves):
+    assert isinstance(spec, PartitionSpec) and len(spec) == shape.ndim, (spec, shape.shape)
+    assert set(spec) <= LOGICAL_AXES, spec

@@ -18,7 +18,7 @@ def greedy_generate(model: Flamingo, params, images, tokens, max_new_tokens: int
   variables = {"params": params}
   batch, length = tokens.shape
   visual = model.apply(variables, images, method=Flamingo.encode_media)
-  state = FlamingoDecodeState.zeros(model.config, batch, length + max_new_tokens,
+  state = FlamingoDecodeState.zeros(model.config, batch, length + max_new_tokens - 1,
                                     jnp.dtype(model.config.dtype))
   logits, state = model.apply(variables, visual, tokens, None, state, method=Flamingo.decode)
   first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
@@ -32,8 +32,8 @@ def greedy_generate(model: Flamingo, params, images, tokens, max_new_tokens: int
     if stop_token is not None:
       done = done | (token == stop_token)
       next_token = jnp.where(done, stop_token, next_token)
-    return (next_token, state, done), token
+    return (next_token, state, done), next_token
 
-  positions = jnp.arange(length, length + max_new_tokens, dtype=jnp.int32)
-  _, generated = jax.lax.scan(step, (first, state, jnp.zeros((batch,), bool)), positions)
-  return generated.T
+  positions = jnp.arange(length, length + max_new_tokens - 1, dtype=jnp.int32)
+  _, rest = jax.lax.scan(step, (first, state, jnp.zeros((batch,), bool)), positions)
+  return jnp.concatenate([first[:, None], rest.T], axis=1)

@@ -56,7 +56,7 @@ class FlamingoDecodeState:
 def check_media_count(tokens, num_media: int, media_token_id: int) -> None:
   """Raises if a sequence has more `<image>` tokens than media were given (concrete inputs only).
 
-  Inside jit the values are unknown; the data pipeline enforces the limit there.
+  Inside jit the values are unknown; there a token whose image is missing attends to nothing.
   """
   if isinstance(tokens, jax.core.Tracer):
     return

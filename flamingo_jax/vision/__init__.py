@@ -15,7 +15,7 @@ from flamingo_jax.vision.vit import ViT
 
 ENCODERS = {"nfnet": NFNet, "vit": ViT}
 
-__all__ = ["ENCODERS", "NFNet", "ViT", "make_vision_encoder", "vision_feature_dim"]
+__all__ = ["ENCODERS", "NFNet", "ViT", "make_vision_encoder"]
 
 
 def make_vision_encoder(cfg: ml_collections.ConfigDict, dtype=jnp.float32,
@@ -37,7 +37,3 @@ def make_vision_encoder(cfg: ml_collections.ConfigDict, dtype=jnp.float32,
     raise ValueError(f"Unknown {kind} encoder fields {unknown}; expected some of {sorted(known)}.")
   return module(**fields, dtype=dtype, param_dtype=param_dtype)
 
-
-def vision_feature_dim(cfg: ml_collections.ConfigDict) -> int:
-  """Width D of the features the encoder of `cfg` returns (3072 for NFNet, width for ViT)."""
-  return make_vision_encoder(cfg).num_features

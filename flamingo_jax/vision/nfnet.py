@@ -156,10 +156,6 @@ class NFNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  @property
-  def num_features(self) -> int:
-    return FINAL_WIDTH
-
   @nn.compact
   def __call__(self, images):
     chex.assert_rank(images, 4)

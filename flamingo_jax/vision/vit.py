@@ -58,10 +58,6 @@ class ViT(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  @property
-  def num_features(self) -> int:
-    return self.width
-
   @nn.compact
   def __call__(self, images):
     if self.width % self.num_heads:
