@@ -1,0 +1,1 @@
+"""Data: the paper's sequence layout, sources and mixtures."""
