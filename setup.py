@@ -18,6 +18,7 @@ setuptools.setup(
         "ml_collections>=0.1.1",
         "absl-py",
         "numpy",
+        "pillow",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3"],
