@@ -8,6 +8,7 @@ import pytest
 import flamingo_jax
 from flamingo_jax.flamingo import (Flamingo, FlamingoDecodeState, GatedCrossAttentionBlock,
                                    cross_attention_mask, lm_config, media_index)
+from flamingo_jax.flamingo.model import xattn_layer_indices
 from flamingo_jax.lm import DecoderLM
 
 
@@ -166,3 +167,13 @@ def test_all_previous_media_mode_changes_the_model(tiny_config):
   first = int(np.flatnonzero(np.asarray(tokens[0]) == tiny_config.model.media_token_id)[1])
   np.testing.assert_allclose(a[0, :first], b[0, :first], atol=1e-6)
   assert not np.allclose(a[0, first:], b[0, first:])
+
+
+def test_gated_blocks_sit_before_every_kth_block_from_the_first(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  assert xattn_layer_indices(config.model) == (0, 2)  # The paper: starting from the first.
+  config.model.xattn.start = 1                          # OpenFlamingo: (i + 1) % every == 0.
+  assert xattn_layer_indices(config.model) == (1, 3)
+  for name, every, count in [("flamingo_3b", 1, 24), ("flamingo_80b", 7, 12)]:
+    big = flamingo_jax.load_config(name).model
+    assert big.xattn.every == every and len(xattn_layer_indices(big)) == count
