@@ -19,6 +19,10 @@ setuptools.setup(
         "absl-py",
         "numpy",
         "pillow",
+        "seqio",
+        "tensorflow-cpu",
+        "tensorflow-text",
+        "tensorflow-datasets",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3"],

@@ -1,0 +1,359 @@
+"""Offline synthetic data with known content, as seqio Tasks.
+
+Images are flat-coloured shapes on a grey background, drawn with numpy, so every caption, answer
+and binding is exactly true to the pixels. The image is a 3x3 grid of cells; an object fills one
+of five cells (left, right, top, bottom, centre), so objects never overlap and a test can read a
+scene back from its pixels.
+
+Example i of a split is a pure function of (seed, kind, split, i): its generator is
+`np.random.default_rng([seed, kind, split, i])`. Any example can be regenerated on its own, so
+sharding is exact and a resumed run sees the same examples.
+
+Raw schemas (H = W = image_size):
+- pair: {"image": uint8 [H, W, 3], "text": str}
+- vqa: {"image": uint8 [H, W, 3], "question": str, "answer": str}
+- interleaved: {"images": uint8 [N, H, W, 3], "texts": [N] str}, text i follows image i, N in 1..5.
+- binding: {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,
+  "candidates": [ways] str}: K = ways * shots support images, each followed by "This is a dax.",
+  then the query image followed by "This is a"; the document reads on with answer + ".".
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+BACKGROUND = (128, 128, 128)
+PALETTE = {
+    "red": (255, 0, 0),
+    "green": (0, 160, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "purple": (128, 0, 128),
+    "white": (255, 255, 255),
+}
+SHAPES = ("circle", "square", "triangle")
+# Position name -> (row, column) of its cell in the 3x3 grid.
+POSITIONS = {"left": (1, 0), "right": (1, 2), "top": (0, 1), "bottom": (2, 1), "centre": (1, 1)}
+POSITION_PHRASES = {
+    "left": "on the left", "right": "on the right", "top": "at the top",
+    "bottom": "at the bottom", "centre": "in the centre",
+}
+NUMBER_WORDS = ("no", "a", "two", "three", "four")  # Indexed by count.
+SPLITS = {"train": 0, "validation": 1, "test": 2}
+KINDS = {"pairs": 0, "vqa": 1, "interleaved": 2, "binding": 3}
+DEFAULT_SPLIT_SIZES = {"train": 100_000, "validation": 1_000}
+MAX_OBJECTS = 4
+MAX_DOCUMENT_IMAGES = 5  # The paper keeps the first 5 images of an M3W document.
+
+_ONSETS = tuple("bdfgklmnprstvz") + ("bl", "dr", "gl", "kr", "pl", "st", "tr")
+_VOWELS = tuple("aeiou")
+_CODAS = tuple("ktxpn")
+# Nonsense words must not be words the captions already use.
+_ENGLISH = frozenset(
+    " ".join([*PALETTE, *SHAPES, *POSITIONS, *POSITION_PHRASES.values(), *NUMBER_WORDS,
+              "this is and the what colour shape how many where are there"]).split())
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+  shape: str
+  colour: str
+  position: str
+
+
+def example_rng(seed: int, kind: str, split: str, index: int) -> np.random.Generator:
+  """The generator of example `index`: a pure function of its arguments."""
+  return np.random.default_rng([seed, KINDS[kind], SPLITS[split], index])
+
+
+# Drawing.
+
+
+def shape_mask(shape: str, size: int) -> np.ndarray:
+  """bool [size, size]: pixels whose centres fall inside the shape."""
+  centre = np.arange(size) + 0.5
+  y, x = np.meshgrid(centre, centre, indexing="ij")
+  half = size / 2
+  if shape == "square":
+    return np.ones((size, size), bool)
+  if shape == "circle":
+    return (x - half) ** 2 + (y - half) ** 2 <= half ** 2
+  if shape == "triangle":  # Apex at the top centre, base along the bottom row.
+    return np.abs(x - half) <= y / 2
+  raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+def cell_box(position: str, image_size: int) -> tuple[int, int, int]:
+  """(top, left, size) of the square an object at `position` fills: its cell less a 1 px border."""
+  cell = image_size // 3
+  margin = (image_size - 3 * cell) // 2
+  row, col = POSITIONS[position]
+  return margin + row * cell + 1, margin + col * cell + 1, cell - 2
+
+
+def render(scene: list[Obj], image_size: int) -> np.ndarray:
+  """uint8 [image_size, image_size, 3]: the scene's objects on the background."""
+  if image_size < 12:
+    raise ValueError(f"image_size {image_size} is too small: shapes need cells of 4 px or more")
+  image = np.empty((image_size, image_size, 3), np.uint8)
+  image[...] = BACKGROUND
+  for obj in scene:
+    top, left, size = cell_box(obj.position, image_size)
+    image[top:top + size, left:left + size][shape_mask(obj.shape, size)] = PALETTE[obj.colour]
+  return image
+
+
+def sample_scene(rng: np.random.Generator) -> list[Obj]:
+  """1..MAX_OBJECTS objects in distinct cells. Colours and shapes come from few values, so
+  repeats (and thus counts above one) are common."""
+  num_objects = int(rng.integers(1, MAX_OBJECTS + 1))
+  # A scene picks its colours from a prefix of a shuffled palette: 1..4 distinct colours.
+  palette = list(rng.permutation(list(PALETTE)))
+  colours = [palette[int(c)] for c in rng.integers(0, int(rng.integers(1, 5)), num_objects)]
+  shapes = [SHAPES[int(s)] for s in rng.integers(0, len(SHAPES), num_objects)]
+  positions = rng.choice(list(POSITIONS), num_objects, replace=False)
+  return [Obj(s, c, str(p)) for s, c, p in zip(shapes, colours, positions)]
+
+
+# Language.
+
+
+def noun_phrase(count: int, colour: str, shape: str) -> str:
+  """'a red circle', 'two red circles'."""
+  return f"{NUMBER_WORDS[count]} {colour} {shape}{'s' if count != 1 else ''}"
+
+
+def join(phrases: list[str]) -> str:
+  return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def caption(scene: list[Obj]) -> str:
+  """'two red circles and a blue square'; a single object also gets its position: 'a green
+  triangle on the left'. Groups are listed in order of first appearance."""
+  if len(scene) == 1:
+    obj = scene[0]
+    return f"{noun_phrase(1, obj.colour, obj.shape)} {POSITION_PHRASES[obj.position]}"
+  groups = {}
+  for obj in scene:
+    groups[(obj.colour, obj.shape)] = groups.get((obj.colour, obj.shape), 0) + 1
+  return join([noun_phrase(n, c, s) for (c, s), n in groups.items()])
+
+
+def sentence(text: str) -> str:
+  return text[0].upper() + text[1:] + "."
+
+
+def question_answer(scene: list[Obj], rng: np.random.Generator) -> tuple[str, str]:
+  """A question about colour, shape, position or count, and its one-word answer. Questions name
+  the object by an attribute that is unique in the scene, so every answer is exact."""
+
+  def unique(key):
+    values = [key(o) for o in scene]
+    return [o for o in scene if values.count(key(o)) == 1]
+
+  askable = {
+      "colour": unique(lambda o: o.shape),
+      "shape": unique(lambda o: o.colour),
+      "position": unique(lambda o: (o.colour, o.shape)),
+  }
+  kinds = ["count"] + [kind for kind, objs in askable.items() if objs]
+  kind = kinds[int(rng.integers(len(kinds)))]
+  if kind == "count":
+    # Half the time ask about objects that are there, else nearly every answer would be 0.
+    if rng.random() < 0.5:
+      obj = scene[int(rng.integers(len(scene)))]
+      colour, shape = obj.colour, obj.shape
+    else:
+      colour, shape = str(rng.choice(list(PALETTE))), str(rng.choice(SHAPES))
+    n = sum(o.colour == colour and o.shape == shape for o in scene)
+    return f"How many {colour} {shape}s are there?", str(n)
+  obj = askable[kind][int(rng.integers(len(askable[kind])))]
+  if kind == "colour":
+    return f"What colour is the {obj.shape}?", obj.colour
+  if kind == "shape":
+    return f"What shape is the {obj.colour} object?", obj.shape
+  return f"Where is the {obj.colour} {obj.shape}?", obj.position
+
+
+def nonsense_word(rng: np.random.Generator) -> str:
+  """A pronounceable made-up word of one or two syllables and a closing consonant: 'dax',
+  'blikot'."""
+  while True:
+    syllables = [str(rng.choice(_ONSETS)) + str(rng.choice(_VOWELS))
+                 for _ in range(int(rng.integers(1, 3)))]
+    word = "".join(syllables) + str(rng.choice(_CODAS))
+    if word not in _ENGLISH:
+      return word
+
+
+# Examples.
+
+
+def pair_example(seed: int, split: str, index: int, image_size: int = 32) -> dict:
+  """{"image": uint8 [H, W, 3], "text": str}."""
+  scene = sample_scene(example_rng(seed, "pairs", split, index))
+  return {"image": render(scene, image_size), "text": caption(scene)}
+
+
+def vqa_example(seed: int, split: str, index: int, image_size: int = 32) -> dict:
+  """{"image": uint8 [H, W, 3], "question": str, "answer": str}."""
+  rng = example_rng(seed, "vqa", split, index)
+  scene = sample_scene(rng)
+  question, answer = question_answer(scene, rng)
+  return {"image": render(scene, image_size), "question": question, "answer": answer}
+
+
+def interleaved_example(seed: int, split: str, index: int, image_size: int = 32) -> dict:
+  """{"images": uint8 [N, H, W, 3], "texts": [N] str}, N in 1..5: each image is followed by
+  prose about it, its caption and sometimes a question with its answer."""
+  rng = example_rng(seed, "interleaved", split, index)
+  scenes = [sample_scene(rng) for _ in range(int(rng.integers(1, MAX_DOCUMENT_IMAGES + 1)))]
+  texts = []
+  for scene in scenes:
+    text = sentence(caption(scene))
+    if rng.random() < 0.5:
+      question, answer = question_answer(scene, rng)
+      text += f" {question} {sentence(answer)}"
+    texts.append(text)
+  return {"images": np.stack([render(s, image_size) for s in scenes]), "texts": texts}
+
+
+def binding_example(seed: int, split: str, index: int, image_size: int = 32, ways: int = 2,
+                    shots: int = 2) -> dict:
+  """A fast-concept-binding document (Frozen, Tsimpoukelli et al. 2021).
+
+  The document draws `ways` fresh nonsense words and binds each to a shape, or each to a colour,
+  for this document only. Support images show one object each, every concept `shots` times in
+  random order, with "This is a <word>."; the other attribute varies across a concept's shots so
+  only the bound one identifies the word. The query image shows one bound concept and is followed by "This is a".
+
+  Returns {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,
+  "candidates": [ways] str} with K = ways * shots; candidates are the bound words.
+  """
+  rng = example_rng(seed, "binding", split, index)
+  by_shape = rng.random() < 0.5
+  concepts = list(SHAPES) if by_shape else list(PALETTE)
+  if not 2 <= ways <= len(concepts):
+    raise ValueError(f"ways {ways} must be in 2..{len(concepts)} (there are {len(SHAPES)} shapes)")
+  concepts = [concepts[int(c)] for c in rng.permutation(len(concepts))[:ways]]
+  words = []
+  while len(words) < ways:
+    if (word := nonsense_word(rng)) not in words:
+      words.append(word)
+
+  others = list(PALETTE) if by_shape else list(SHAPES)
+
+  def draw(concept, other):
+    shape, colour = (concept, other) if by_shape else (other, concept)
+    return render([Obj(shape, colour, str(rng.choice(list(POSITIONS))))], image_size)
+
+  # A concept's shots differ in the other attribute (while there are values enough), so the
+  # support shows which attribute the word names.
+  support = [(c, str(o)) for c in range(ways)
+             for o in rng.choice(others, shots, replace=shots > len(others))]
+  support = [support[int(j)] for j in rng.permutation(len(support))]
+  query = int(rng.integers(ways))
+  images = [draw(concepts[c], o) for c, o in support]
+  images.append(draw(concepts[query], str(rng.choice(others))))
+  texts = [f"This is a {words[c]}." for c, _ in support] + ["This is a"]
+  return {"images": np.stack(images), "texts": texts, "answer": words[query],
+          "candidates": words}
+
+
+# seqio.
+
+
+class ShardedFunctionDataSource(seqio.FunctionDataSource):
+  """A FunctionDataSource whose dataset_fn takes `shard_info` and reads only its shard, instead
+  of seqio generating the whole split and dropping the other shards' examples."""
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
+    return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed, shard_info=shard_info)
+
+
+def _to_arrays(example: dict, signature: dict) -> list[np.ndarray]:
+  # tf.numpy_function returns a flat list; strings go out as object arrays.
+  return [np.asarray(example[k], dtype=object if spec.dtype == tf.string else None)
+          for k, spec in signature.items()]
+
+
+def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
+               shard_info: seqio.ShardInfo | None = None, *, make_example, signature: dict,
+               split_sizes: dict) -> tf.data.Dataset:
+  """Raw examples i of `split` with i % num_shards == index, in index order (shuffled by `seed`
+  if `shuffle_files`). `signature` maps field -> tf.TensorSpec; content never depends on `seed`,
+  only the order does.
+
+  Examples are made by Python (tf.numpy_function): delete live iterators before the interpreter
+  exits, or TensorFlow's shutdown can hang on their prefetch threads.
+  """
+  if split not in split_sizes:
+    raise ValueError(f"unknown split {split!r}; known: {sorted(split_sizes)}")
+  index, num_shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+  indices = tf.data.Dataset.range(index, split_sizes[split], num_shards)
+  if shuffle_files:  # Indices are tiny, so a full-size buffer is a cheap exact shuffle.
+    indices = indices.shuffle(split_sizes[split] // num_shards + 1, seed=seed)
+  keys = tuple(signature)
+
+  def generate(i):
+    values = tf.numpy_function(
+        lambda i: _to_arrays(make_example(split, int(i)), signature), [i],
+        [spec.dtype for spec in signature.values()], stateful=False)
+    for value, spec in zip(values, signature.values()):
+      value.set_shape(spec.shape)
+    return dict(zip(keys, values))
+
+  return indices.map(generate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _text(vocabulary, rank=0):
+  # Raw strings for now: tokenising preprocessors change these to int32 ids.
+  return seqio.Feature(vocabulary, add_eos=False, dtype=tf.string, rank=rank)
+
+
+def _image(rank=3):
+  return seqio.ContinuousFeature(dtype=tf.uint8, rank=rank)
+
+
+def register_synthetic_tasks(vocabulary: seqio.Vocabulary, image_size: int = 32, seed: int = 0,
+                             split_sizes: dict[str, int] | None = None, ways: int = 2,
+                             shots: int = 2, prefix: str = "synthetic") -> list[str]:
+  """Registers `{prefix}_pairs`, `_vqa`, `_interleaved` and `_binding` and returns their names.
+
+  Idempotent: a name already in `seqio.TaskRegistry` is left as it is, even if it was registered
+  with other arguments (use another `prefix` for those).
+  """
+  split_sizes = dict(split_sizes or DEFAULT_SPLIT_SIZES)
+  image = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
+  images = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
+  string, strings = tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.string)
+  kinds = {
+      "pairs": (pair_example, {"image": image, "text": string}),
+      "vqa": (vqa_example, {"image": image, "question": string, "answer": string}),
+      "interleaved": (interleaved_example, {"images": images, "texts": strings}),
+      "binding": (functools.partial(binding_example, ways=ways, shots=shots),
+                  {"images": images, "texts": strings, "answer": string, "candidates": strings}),
+  }
+  names = []
+  for kind, (make, signature) in kinds.items():
+    name = f"{prefix}_{kind}"
+    names.append(name)
+    if name in seqio.TaskRegistry.names():
+      continue
+    make_example = functools.partial(
+        lambda make, split, i: make(seed, split, i, image_size=image_size), make)
+    source = ShardedFunctionDataSource(
+        functools.partial(dataset_fn, make_example=make_example, signature=signature,
+                          split_sizes=split_sizes),
+        splits=list(split_sizes), num_input_examples=split_sizes)
+    features = {k: _image(spec.shape.rank) if spec.dtype == tf.uint8
+                else _text(vocabulary, spec.shape.rank) for k, spec in signature.items()}
+    seqio.TaskRegistry.add(name, source=source, output_features=features)
+  return names

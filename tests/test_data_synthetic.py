@@ -1,0 +1,217 @@
+"""Synthetic data: determinism, captions true to the pixels, exact sharding, per-document
+bindings, and the seqio Tasks."""
+
+import collections
+import re
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from flamingo_jax.data import synthetic as S
+
+SIZES = {"train": 40, "validation": 12}
+NUMBERS = {"a": 1, "two": 2, "three": 3, "four": 4}
+
+
+def read_scene(image: np.ndarray) -> list[S.Obj]:
+  """The objects in an image, read from its pixels alone: colour by exact RGB, shape by how much
+  of its cell the colour fills (square ~1, circle ~0.8, triangle ~0.5, apex up)."""
+  names = {rgb: name for name, rgb in S.PALETTE.items()}
+  scene = []
+  for position in S.POSITIONS:
+    top, left, size = S.cell_box(position, image.shape[0])
+    cell = image[top:top + size, left:left + size].reshape(-1, 3)
+    colours = {tuple(int(v) for v in p) for p in cell} - {S.BACKGROUND}
+    if not colours:
+      continue
+    assert len(colours) == 1, (position, colours)
+    rgb = colours.pop()
+    mask = np.all(image[top:top + size, left:left + size] == rgb, axis=-1)
+    fill = mask.mean()
+    shape = "square" if fill > 0.95 else "circle" if fill > 0.65 else "triangle"
+    if shape == "triangle":
+      assert mask[1].sum() < mask[-1].sum()
+    scene.append(S.Obj(shape, names[rgb], position))
+  # Nothing is drawn outside the cells.
+  outside = image.copy()
+  for position in S.POSITIONS:
+    top, left, size = S.cell_box(position, image.shape[0])
+    outside[top:top + size, left:left + size] = S.BACKGROUND
+  assert np.all(outside == S.BACKGROUND)
+  return scene
+
+
+def parse_caption(text: str) -> collections.Counter:
+  """'two red circles and a blue square on the left' -> {(red, circle): 2, (blue, square): 1}."""
+  text = re.sub(r" (on the|at the|in the) \w+$", "", text)
+  counts = collections.Counter()
+  for phrase in re.split(r", | and ", text):
+    number, colour, shape = phrase.split()
+    counts[(colour, shape.rstrip("s"))] += NUMBERS[number]
+  return counts
+
+
+def assert_examples_equal(a: dict, b: dict):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+
+
+MAKERS = [S.pair_example, S.vqa_example, S.interleaved_example, S.binding_example]
+
+
+@pytest.mark.parametrize("make", MAKERS)
+def test_same_seed_same_example_other_seed_differs(make):
+  for i in range(5):
+    assert_examples_equal(make(0, "train", i), make(0, "train", i))
+  first = [make(0, "train", i) for i in range(5)]
+  other = [make(1, "train", i) for i in range(5)]
+  assert any(str(a) != str(b) for a, b in zip(first, other))
+  assert str(first) != str([make(0, "validation", i) for i in range(5)])
+
+
+@pytest.mark.parametrize("image_size", [32, 48])
+def test_captions_are_true_to_the_pixels(image_size):
+  for i in range(50):
+    example = S.pair_example(3, "train", i, image_size=image_size)
+    assert example["image"].shape == (image_size, image_size, 3)
+    assert example["image"].dtype == np.uint8
+    scene = read_scene(example["image"])
+    assert 1 <= len(scene) <= S.MAX_OBJECTS
+    assert parse_caption(example["text"]) == collections.Counter(
+        (o.colour, o.shape) for o in scene), example["text"]
+    if len(scene) == 1:
+      assert example["text"].endswith(S.POSITION_PHRASES[scene[0].position])
+
+
+def test_vqa_answers_are_true_to_the_pixels():
+  kinds = collections.Counter()
+  for i in range(80):
+    example = S.vqa_example(5, "train", i)
+    scene, q, a = read_scene(example["image"]), example["question"], example["answer"]
+    if m := re.fullmatch(r"How many (\w+) (\w+)s are there\?", q):
+      assert int(a) == sum(o.colour == m[1] and o.shape == m[2] for o in scene)
+    elif m := re.fullmatch(r"What colour is the (\w+)\?", q):
+      assert [o.colour for o in scene if o.shape == m[1]] == [a]
+    elif m := re.fullmatch(r"What shape is the (\w+) object\?", q):
+      assert [o.shape for o in scene if o.colour == m[1]] == [a]
+    elif m := re.fullmatch(r"Where is the (\w+) (\w+)\?", q):
+      assert [o.position for o in scene if (o.colour, o.shape) == (m[1], m[2])] == [a]
+    else:
+      raise AssertionError(q)
+    kinds[q.split()[1]] += 1
+  assert set(kinds) == {"many", "colour", "shape", "is"}
+
+
+def test_interleaved_documents_caption_each_image():
+  lengths = set()
+  for i in range(30):
+    doc = S.interleaved_example(0, "train", i)
+    assert doc["images"].ndim == 4 and len(doc["images"]) == len(doc["texts"])
+    lengths.add(len(doc["texts"]))
+    for image, text in zip(doc["images"], doc["texts"]):
+      first = text.split(".")[0].lower()
+      assert parse_caption(first) == collections.Counter(
+          (o.colour, o.shape) for o in read_scene(image))
+  assert lengths == set(range(1, S.MAX_DOCUMENT_IMAGES + 1))
+
+
+def concept_of(image: np.ndarray, words: dict) -> str:
+  """The image's single object's shape or colour, whichever this document binds."""
+  (obj,) = read_scene(image)
+  return obj.shape if obj.shape in words else obj.colour
+
+
+def test_binding_answer_is_the_word_bound_in_the_support_texts():
+  bindings = []
+  for i in range(40):
+    doc = S.binding_example(0, "train", i, ways=2, shots=2)
+    assert doc["images"].shape == (5, 32, 32, 3) and len(doc["texts"]) == 5
+    assert doc["texts"][-1] == "This is a"
+    # Read the binding from the support examples: concept shown (from pixels) -> word in the text.
+    support = collections.defaultdict(set)
+    for image, text in zip(doc["images"][:-1], doc["texts"][:-1]):
+      word = re.fullmatch(r"This is a (\w+)\.", text)[1]
+      (obj,) = read_scene(image)
+      support[word].add((obj.shape, obj.colour))
+    assert sorted(support) == sorted(doc["candidates"]) and len(support) == 2
+    # Each word's images share exactly one attribute (the bound concept) and the words differ on it.
+    shared = {w: set.intersection(*({s, c} for s, c in objs)) for w, objs in support.items()}
+    assert all(len(v) == 1 for v in shared.values())
+    binding = {v.pop(): w for w, v in shared.items()}
+    assert len(binding) == 2
+    (query,) = read_scene(doc["images"][-1])
+    assert doc["answer"] == binding.get(query.shape, binding.get(query.colour))
+    bindings.append(binding)
+  # Fresh words and bindings per document: nothing to memorise across documents.
+  assert len({frozenset(b.items()) for b in bindings}) == len(bindings)
+  words = [w for b in bindings for w in b.values()]
+  assert len(set(words)) > 0.8 * len(words)
+  # Both kinds of concept get bound: shapes in some documents, colours in others.
+  assert {bool(set(b) & set(S.SHAPES)) for b in bindings} == {True, False}
+
+
+def dataset_fn(make):
+  keys = {S.pair_example: ("image", "text"),
+          S.binding_example: ("images", "texts", "answer", "candidates")}[make]
+  spec = {"image": tf.TensorSpec([32, 32, 3], tf.uint8),
+          "images": tf.TensorSpec([None, 32, 32, 3], tf.uint8),
+          "text": tf.TensorSpec([], tf.string), "answer": tf.TensorSpec([], tf.string),
+          "texts": tf.TensorSpec([None], tf.string), "candidates": tf.TensorSpec([None], tf.string)}
+  return lambda **kw: S.dataset_fn(
+      **kw, make_example=lambda split, i: make(0, split, i),
+      signature={k: spec[k] for k in keys}, split_sizes=SIZES)
+
+
+def decode(example: dict) -> dict:
+  return {k: v.decode() if isinstance(v, bytes) else
+          [s.decode() for s in v] if v.dtype == object else v for k, v in example.items()}
+
+
+@pytest.mark.parametrize("make", [S.pair_example, S.binding_example])
+def test_shards_are_disjoint_and_cover_the_split(make):
+  fn = dataset_fn(make)
+  whole = [decode(e) for e in fn(split="train", shuffle_files=False).as_numpy_iterator()]
+  assert len(whole) == SIZES["train"]
+  for i in (0, 7, 39):
+    assert_examples_equal(whole[i], make(0, "train", i))
+  shards = [[decode(e) for e in fn(split="train", shuffle_files=False,
+                                  shard_info=seqio.ShardInfo(k, 3)).as_numpy_iterator()]
+            for k in range(3)]
+  assert [len(s) for s in shards] == [14, 13, 13]
+  for k, shard in enumerate(shards):
+    for j, example in enumerate(shard):  # Shard k holds examples i = k, k + 3, ...
+      assert_examples_equal(example, whole[k + 3 * j])
+  shuffled = [decode(e) for e in fn(split="train", shuffle_files=True, seed=1,
+                                    shard_info=seqio.ShardInfo(1, 3)).as_numpy_iterator()]
+  assert sorted(str(e) for e in shuffled) == sorted(str(e) for e in shards[1])
+  assert [str(e) for e in shuffled] != [str(e) for e in shards[1]]
+
+
+@pytest.fixture(scope="module")
+def task_names():
+  vocabulary = seqio.ByteVocabulary()
+  names = S.register_synthetic_tasks(vocabulary, split_sizes=SIZES, prefix="test_synthetic")
+  assert S.register_synthetic_tasks(vocabulary, split_sizes=SIZES, prefix="test_synthetic") == names
+  return names
+
+
+def test_tasks_load_raw_fields_through_seqio(task_names):
+  makers = dict(zip(task_names, MAKERS))
+  assert list(makers) == ["test_synthetic_pairs", "test_synthetic_vqa",
+                          "test_synthetic_interleaved", "test_synthetic_binding"]
+  for name, make in makers.items():
+    task = seqio.get_mixture_or_task(name)
+    ds = task.get_dataset(sequence_length=None, split="validation", shuffle=False)
+    examples = [decode(e) for e in ds.as_numpy_iterator()]
+    assert len(examples) == SIZES["validation"]
+    for i in (0, 5):
+      assert_examples_equal(examples[i], make(0, "validation", i))
+    sharded = task.get_dataset(sequence_length=None, split="validation", shuffle=False,
+                               shard_info=seqio.ShardInfo(1, 4))
+    shard = [decode(e) for e in sharded.as_numpy_iterator()]
+    assert len(shard) == SIZES["validation"] // 4
+    for j, example in enumerate(shard):
+      assert_examples_equal(example, examples[1 + 4 * j])
