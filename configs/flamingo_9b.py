@@ -11,17 +11,8 @@ blocks (1.4B parameters against the paper's stated 1.6B).
 
 import ml_collections
 
-from flamingo_jax.config import chinchilla_lm, model_config, nfnet_vision
+from flamingo_jax.config import chinchilla_lm, paper_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = model_config(
-      vision=nfnet_vision("F6", 320),
-      lm=chinchilla_lm(32, 4096, 32),
-      resampler={},
-      xattn=dict(every=4),
-      dtype="bfloat16",
-  )
-  return config
+  return paper_config(chinchilla_lm(32, 4096, 32), xattn_every=4)

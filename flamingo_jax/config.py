@@ -72,3 +72,13 @@ def nfnet_vision(variant: str = "F6", image_size: int = 320) -> dict:
   """The paper's frozen vision encoder: NFNet-F6, contrastively pretrained at 288 px and used at
   320 px."""
   return dict(kind="nfnet", variant=variant, image_size=image_size)
+
+
+def paper_config(lm: dict, xattn_every: int) -> ml_collections.ConfigDict:
+  """A Flamingo size of the paper: frozen NFNet-F6 at 320 px, the 194M resampler, gated blocks
+  before every `xattn_every`-th block of the frozen `lm`, bfloat16 activations."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config(vision=nfnet_vision("F6", 320), lm=lm, resampler={},
+                              xattn=dict(every=xattn_every), dtype="bfloat16")
+  return config
