@@ -83,7 +83,7 @@ class Flamingo(nn.Module):
     x = c.xattn
     self.gated_xattn = [
         GatedCrossAttentionBlock(
-            num_heads=x.num_heads or c.lm.num_heads, head_dim=x.head_dim,
+            num_heads=x.num_heads, head_dim=x.head_dim,
             mlp_ratio=x.mlp_ratio, activation=x.activation, kv_norm=x.kv_norm,
             norm_eps=x.norm_eps, dtype=dtype, param_dtype=param_dtype)
         for _ in xattn_layer_indices(c)]
