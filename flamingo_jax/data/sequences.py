@@ -37,21 +37,14 @@ def attach_to_next(pieces: list) -> list:
   return out
 
 
-def layout(pieces: list, ids: SpecialIds, max_images: int) -> tuple[np.ndarray, int]:
-  """Token ids of a document and the number of images it keeps.
-
-  The document ends before its (max_images + 1)-th image: text after an image that is dropped
-  would otherwise be credited to the image before it.
-  """
-  tokens, images, after_text = [], 0, False
+def layout(pieces: list, ids: SpecialIds) -> np.ndarray:
+  """int32 [n]: the token ids of a whole document."""
+  tokens, after_text = [], False
   for piece in pieces:
     if piece is IMAGE:
-      if images == max_images:
-        break
       if after_text:
         tokens.append(ids.eoc)
       tokens.append(ids.media)
-      images += 1
       after_text = False
     elif len(piece):
       tokens.extend(piece)
@@ -59,23 +52,43 @@ def layout(pieces: list, ids: SpecialIds, max_images: int) -> tuple[np.ndarray, 
   if after_text:
     tokens.append(ids.eoc)
   tokens.append(ids.eos)
-  return np.asarray(tokens, np.int32), images
+  return np.asarray(tokens, np.int32)
 
 
-def training_example(pieces: list, ids: SpecialIds, max_length: int, max_images: int) -> dict:
-  """Fixed-size model inputs from a document.
+def window(sequence: np.ndarray, ids: SpecialIds, max_length: int, max_images: int,
+           rng: np.random.Generator | None = None) -> tuple[np.ndarray, int, int]:
+  """The at most max_length + 1 tokens that one training example reads.
 
-  Returns tokens / targets int32 [max_length], weights float32 [max_length], and num_images:
-  how many of the document's first images the kept tokens refer to (images past the length
-  limit are cut with their `<image>` tokens).
+  A longer sequence is cut to a window that starts at the beginning, or with `rng` at a uniformly
+  random position (the paper's random subsequence of an M3W document) no later than the last
+  `<image>`, so that the window shows an image. The window then ends before its
+  (max_images + 1)-th `<image>`: text after a dropped image would otherwise be credited to the
+  image before it.
+
+  Returns (tokens, first, cut): the window shows the document's images first, first + 1, ...;
+  `cut` counts the images in the window dropped by the cap.
   """
-  sequence, _ = layout(pieces, ids, max_images)
-  sequence = sequence[:max_length + 1]
-  inputs, targets = sequence[:-1], sequence[1:]
+  span = max_length + 1
+  start = 0
+  if rng is not None and len(sequence) > span:
+    media = np.flatnonzero(sequence == ids.media)
+    latest = min(len(sequence) - span, int(media[-1]) if len(media) else 0)
+    start = int(rng.integers(0, latest + 1))
+  tokens = sequence[start:start + span]
+  media = np.flatnonzero(tokens == ids.media)
+  if len(media) > max_images:
+    tokens = tokens[:media[max_images]]
+  first = int(np.sum(sequence[:start] == ids.media))
+  return tokens, first, max(0, len(media) - max_images)
+
+
+def pad_example(tokens: np.ndarray, ids: SpecialIds, max_length: int) -> dict:
+  """A window of at most max_length + 1 tokens -> tokens / targets int32 [max_length] (targets
+  are the inputs shifted by one) and weights float32 [max_length], 0 on padding and on
+  `<image>` targets."""
+  inputs, targets = tokens[:-1], tokens[1:]
   pad = max_length - len(inputs)
   weights = (targets != ids.media).astype(np.float32)
-  return dict(
-      tokens=np.pad(inputs, (0, pad), constant_values=ids.pad),
-      targets=np.pad(targets, (0, pad), constant_values=ids.pad),
-      weights=np.pad(weights, (0, pad)),
-      num_images=int(np.sum(inputs == ids.media)))
+  return dict(tokens=np.pad(inputs, (0, pad), constant_values=ids.pad),
+              targets=np.pad(targets, (0, pad), constant_values=ids.pad),
+              weights=np.pad(weights, (0, pad)))
