@@ -19,6 +19,8 @@ setuptools.setup(
         "absl-py",
         "numpy",
         "pillow",
+        "av",  # PyAV: video decoding (FFmpeg bundled).
+        "sentencepiece",  # seqio.SentencePieceVocabulary.
         "seqio",
         "tensorflow-cpu",
         "tensorflow-text",

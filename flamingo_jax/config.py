@@ -14,6 +14,15 @@ from flamingo_jax.flamingo.trainable import DEFAULT_TRAINABLE
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
+# Each vision tower's own input preprocessing: resize rule (`data.images.resize_and_crop`) and the
+# per-channel mean / std of [0, 1] pixels it was trained with. Lists, as a saved config reads back.
+CLIP_PREPROCESSING = dict(resize="shorter_side", mean=[0.48145466, 0.4578275, 0.40821073],
+                          std=[0.26862954, 0.26130258, 0.27577711])
+IMAGENET_PREPROCESSING = dict(resize="shorter_side", mean=[0.485, 0.456, 0.406],
+                              std=[0.229, 0.224, 0.225])
+SIGLIP_PREPROCESSING = dict(resize="square", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+DEFAULT_PREPROCESSING = {"vit": CLIP_PREPROCESSING, "nfnet": IMAGENET_PREPROCESSING}
+
 
 def load_config(path: str) -> ml_collections.ConfigDict:
   """Loads `get_config()` from a config file; a bare name like "tiny" looks in configs/."""
@@ -29,16 +38,21 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
 
 def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
-                 dtype: str = "float32") -> ml_collections.ConfigDict:
+                 dtype: str = "float32",
+                 image_preprocessing: dict | None = None) -> ml_collections.ConfigDict:
   """The `model` section: paper defaults for the resampler and gated blocks, overridden by args.
 
-  lm: LMConfig fields (flamingo_jax.lm.LMConfig); vision: `kind` plus the encoder's fields.
-  `<image>` and `<EOC>` get the first two ids after the LM's vocabulary.
+  lm: LMConfig fields (flamingo_jax.lm.LMConfig); vision: `kind` plus the encoder's fields;
+  image_preprocessing: {resize, mean, std}, by default the usual one of the tower's kind (CLIP's
+  for a ViT; SigLIP towers want SIGLIP_PREPROCESSING). `<image>` and `<EOC>` get the first two
+  ids after the LM's vocabulary.
   """
   c = ml_collections.ConfigDict()
   c.dtype = dtype
   c.param_dtype = "float32"
   c.vision = ml_collections.ConfigDict(vision)
+  c.image_preprocessing = ml_collections.ConfigDict(
+      image_preprocessing or DEFAULT_PREPROCESSING[vision["kind"]])
   lm = dict(lm)
   lm.setdefault("num_kv_heads", lm["num_heads"])
   lm.setdefault("head_dim", lm["embed_dim"] // lm["num_heads"])

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from flamingo_jax.data import synthetic as S
 
+from test_data_formats import render
+
 SIZES = {"train": 40, "validation": 12}
 NUMBERS = {"a": 1, "two": 2, "three": 3, "four": 4}
 
@@ -192,26 +194,40 @@ def test_shards_are_disjoint_and_cover_the_split(make):
 
 @pytest.fixture(scope="module")
 def task_names():
-  vocabulary = seqio.ByteVocabulary()
-  names = S.register_synthetic_tasks(vocabulary, split_sizes=SIZES, prefix="test_synthetic")
-  assert S.register_synthetic_tasks(vocabulary, split_sizes=SIZES, prefix="test_synthetic") == names
-  return names
+  return S.register_synthetic_tasks(seqio.ByteVocabulary(), split_sizes=SIZES,
+                                    prefix="test_synthetic")
 
 
-def test_tasks_load_raw_fields_through_seqio(task_names):
+def expected_text(make, example: dict) -> str:
+  """The model text of a synthetic example: the paper's layout of its training text."""
+  if make is S.pair_example:
+    return f"<image>{example['text']}<EOC><EOS>"
+  if make is S.vqa_example:
+    return f"<image>Question: {example['question']} Answer: {example['answer']}<EOC><EOS>"
+  texts = list(example["texts"])
+  if make is S.binding_example:
+    texts[-1] += f" {example['answer']}."
+  return "".join(f"<image>{t}<EOC>" for t in texts) + "<EOS>"
+
+
+def test_tasks_yield_model_examples_of_the_synthetic_examples(task_names):
   makers = dict(zip(task_names, MAKERS))
   assert list(makers) == ["test_synthetic_pairs", "test_synthetic_vqa",
                           "test_synthetic_interleaved", "test_synthetic_binding"]
+  lengths = {"tokens": 1024, "images": 5}  # Room for whole documents: no random window.
   for name, make in makers.items():
     task = seqio.get_mixture_or_task(name)
-    ds = task.get_dataset(sequence_length=None, split="validation", shuffle=False)
-    examples = [decode(e) for e in ds.as_numpy_iterator()]
+    examples = list(task.get_dataset(lengths, split="validation", shuffle=False,
+                                     seed=0).as_numpy_iterator())
     assert len(examples) == SIZES["validation"]
     for i in (0, 5):
-      assert_examples_equal(examples[i], make(0, "validation", i))
-    sharded = task.get_dataset(sequence_length=None, split="validation", shuffle=False,
-                               shard_info=seqio.ShardInfo(1, 4))
-    shard = [decode(e) for e in sharded.as_numpy_iterator()]
+      example = make(0, "validation", i)
+      assert render(examples[i]) == expected_text(make, example)
+      pixels = example["images"] if "images" in example else example["image"][None]
+      np.testing.assert_array_equal(examples[i]["images"][:len(pixels), 0], pixels)
+      assert not examples[i]["images"][len(pixels):].any()
+    shard = list(task.get_dataset(lengths, split="validation", shuffle=False, seed=0,
+                                  shard_info=seqio.ShardInfo(1, 4)).as_numpy_iterator())
     assert len(shard) == SIZES["validation"] // 4
     for j, example in enumerate(shard):
       assert_examples_equal(example, examples[1 + 4 * j])

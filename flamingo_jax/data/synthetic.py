@@ -9,13 +9,16 @@ Example i of a split is a pure function of (seed, kind, split, i): its generator
 `np.random.default_rng([seed, kind, split, i])`. Any example can be regenerated on its own, so
 sharding is exact and a resumed run sees the same examples.
 
-Raw schemas (H = W = image_size):
+Example schemas (H = W = image_size):
 - pair: {"image": uint8 [H, W, 3], "text": str}
 - vqa: {"image": uint8 [H, W, 3], "question": str, "answer": str}
 - interleaved: {"images": uint8 [N, H, W, 3], "texts": [N] str}, text i follows image i, N in 1..5.
 - binding: {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,
   "candidates": [ways] str}: K = ways * shots support images, each followed by "This is a dax.",
   then the query image followed by "This is a"; the document reads on with answer + ".".
+
+The registered Tasks (`register_synthetic_tasks`) read these through `training_text` into the
+raw schemas of `preprocess.py` and yield model examples; evaluation reads the examples above.
 """
 
 import dataclasses
@@ -24,6 +27,9 @@ import functools
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from flamingo_jax.data import preprocess
+from flamingo_jax.data import tasks
 
 BACKGROUND = (128, 128, 128)
 PALETTE = {
@@ -313,47 +319,71 @@ def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
   return indices.map(generate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _text(vocabulary, rank=0):
-  # Raw strings for now: tokenising preprocessors change these to int32 ids.
-  return seqio.Feature(vocabulary, add_eos=False, dtype=tf.string, rank=rank)
+def training_text(kind: str, example: dict) -> dict:
+  """A synthetic example -> the raw schema of its task kind (`preprocess.py`): VQA reads as the
+  paper's "Question: ... Answer: ..." caption; documents get their (empty) leading text; a
+  binding document reads on with its answer, so a model learns to bind in context."""
+  if kind == "pairs":
+    return example
+  if kind == "vqa":
+    return {"image": example["image"],
+            "text": f"Question: {example['question']} Answer: {example['answer']}"}
+  texts = list(example["texts"])
+  if kind == "binding":
+    texts[-1] = f"{texts[-1]} {example['answer']}."
+  return {"images": example["images"], "texts": ["", *texts]}
 
 
-def _image(rank=3):
-  return seqio.ContinuousFeature(dtype=tf.uint8, rank=rank)
+@dataclasses.dataclass(frozen=True)
+class SyntheticSource:
+  """A `sources`-style description of one synthetic kind, for `tasks.register`."""
+  kind: str  # A key of KINDS.
+  seed: int
+  image_size: int
+  split_sizes: tuple  # ((split, size), ...): hashable, unlike a dict.
+  ways: int = 2
+  shots: int = 2
+
+  def example(self, split: str, index: int) -> dict:
+    make = {"pairs": pair_example, "vqa": vqa_example, "interleaved": interleaved_example,
+            "binding": functools.partial(binding_example, ways=self.ways, shots=self.shots)}
+    example = make[self.kind](self.seed, split, index, image_size=self.image_size)
+    return training_text(self.kind, example)
+
+  def data_source(self, kind: str, stats) -> seqio.DataSource:
+    del stats  # Generated examples are never bad.
+    size = self.image_size
+    image, string = tf.TensorSpec([size, size, 3], tf.uint8), tf.TensorSpec([], tf.string)
+    signature = ({"image": image, "text": string} if kind == "pair" else
+                 {"images": tf.TensorSpec([None, size, size, 3], tf.uint8),
+                  "texts": tf.TensorSpec([None], tf.string)})
+    split_sizes = dict(self.split_sizes)
+    return ShardedFunctionDataSource(
+        functools.partial(dataset_fn, make_example=self.example, signature=signature,
+                          split_sizes=split_sizes),
+        splits=list(split_sizes), num_input_examples=split_sizes)
+
+  def preprocessors(self, kind: str) -> list:
+    return []
+
+
+TASK_KINDS = {"pairs": "pair", "vqa": "pair", "interleaved": "interleaved",
+              "binding": "interleaved"}
 
 
 def register_synthetic_tasks(vocabulary: seqio.Vocabulary, image_size: int = 32, seed: int = 0,
                              split_sizes: dict[str, int] | None = None, ways: int = 2,
-                             shots: int = 2, prefix: str = "synthetic") -> list[str]:
-  """Registers `{prefix}_pairs`, `_vqa`, `_interleaved` and `_binding` and returns their names.
-
-  Idempotent: a name already in `seqio.TaskRegistry` is left as it is, even if it was registered
-  with other arguments (use another `prefix` for those).
-  """
-  split_sizes = dict(split_sizes or DEFAULT_SPLIT_SIZES)
-  image = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
-  images = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
-  string, strings = tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.string)
-  kinds = {
-      "pairs": (pair_example, {"image": image, "text": string}),
-      "vqa": (vqa_example, {"image": image, "question": string, "answer": string}),
-      "interleaved": (interleaved_example, {"images": images, "texts": strings}),
-      "binding": (functools.partial(binding_example, ways=ways, shots=shots),
-                  {"images": images, "texts": strings, "answer": string, "candidates": strings}),
-  }
+                             shots: int = 2, prefix: str = "synthetic",
+                             shuffle_buffer_size: int = tasks.SHUFFLE_BUFFER_SIZE) -> list[str]:
+  """Registers `{prefix}_pairs`, `_vqa`, `_interleaved` and `_binding` as Tasks of model
+  examples (`tasks.register`) and returns their names. Registering again replaces them."""
+  split_sizes = tuple(sorted((split_sizes or DEFAULT_SPLIT_SIZES).items()))
+  media = preprocess.MediaSpec(image_size=image_size)
   names = []
-  for kind, (make, signature) in kinds.items():
-    name = f"{prefix}_{kind}"
-    names.append(name)
-    if name in seqio.TaskRegistry.names():
-      continue
-    make_example = functools.partial(
-        lambda make, split, i: make(seed, split, i, image_size=image_size), make)
-    source = ShardedFunctionDataSource(
-        functools.partial(dataset_fn, make_example=make_example, signature=signature,
-                          split_sizes=split_sizes),
-        splits=list(split_sizes), num_input_examples=split_sizes)
-    features = {k: _image(spec.shape.rank) if spec.dtype == tf.uint8
-                else _text(vocabulary, spec.shape.rank) for k, spec in signature.items()}
-    seqio.TaskRegistry.add(name, source=source, output_features=features)
+  for kind, task_kind in TASK_KINDS.items():
+    names.append(f"{prefix}_{kind}")
+    source = SyntheticSource(kind, seed, image_size, split_sizes, ways, shots)
+    # Text follows its image by construction (and a binding query must precede its answer).
+    tasks.register(names[-1], task_kind, source, vocabulary, media, shuffle_buffer_size,
+                   attach_to_next=0.0)
   return names

@@ -1,0 +1,262 @@
+"""Raw examples -> model examples, as one seqio preprocessor per kind of source.
+
+Every source, whatever its format, yields one of three raw schemas (readers: `sources.py`):
+- pair: {"image": encoded bytes or uint8 [H, W, 3], "text": bytes}
+- interleaved: {"images": encoded bytes [N] or uint8 [N, H, W, 3], "texts": bytes [N + 1]}; text
+  i comes before image i, text N after the last image. Empty texts are allowed.
+- video: {"video": encoded container bytes (mp4, webm, ...), "text": bytes}
+Empty image bytes mean the reader could not find the image.
+
+The model example (`output_features`): images uint8 [M, T, S, S, 3] (M = sequence_length
+"images", T = 1 for images and `MediaSpec.num_frames` for video; zeros past the example's own
+media), tokens / targets int32 [L] and weights float32 [L] (`sequences.pad_example`).
+Normalisation to the vision tower's mean and std happens after batching (`mixtures.py`), so
+shuffle buffers hold uint8.
+
+Rules for bad input; each is counted in the task's `DataStats` (`task_stats`):
+- missing_image_file: empty image bytes -> the image is dropped.
+- corrupt_image / oversized_image / small_image / extreme_aspect (`images.decode`) -> dropped.
+- corrupt_video / oversized_video -> the example is dropped; short_video -> repaired
+  (`video.decode_video`).
+- non_utf8_text: invalid UTF-8 bytes become U+FFFD and the text is kept.
+- empty_text: a pair or video whose text is empty, or a document with no text at all, is dropped.
+- no_images: a pair, or a document, left with no image is dropped.
+- corrupt_record: a document whose texts are not one more than its images is dropped.
+- images_over_limit: a document window that shows more than M images ends before the (M+1)-th.
+A dropped image of a document takes its place in the document with it; the texts on either side
+join (with a space), as do texts that end up side by side when text goes with the next image. Nothing here raises on bad data, so a run goes on.
+
+Randomness (the paper's choice of whether text goes with the image before or after it, and the
+window of a long document) comes from seqio's per-example seeds: the same `seed` passed to
+`get_dataset` gives the same examples.
+"""
+
+import collections
+import dataclasses
+import functools
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flamingo_jax.data import images as images_lib
+from flamingo_jax.data import sequences
+from flamingo_jax.data import video as video_lib
+
+KINDS = ("pair", "interleaved", "video")
+RAW_KEYS = {"pair": ("image", "text"), "interleaved": ("images", "texts"),
+            "video": ("video", "text")}
+ATTACH_TO_NEXT_PROBABILITY = 0.5  # The paper's per-document choice for M3W.
+
+_TASK_STATS = collections.defaultdict(images_lib.DataStats)
+
+
+def task_stats(task: str) -> images_lib.DataStats:
+  """The counters of skipped or repaired input of a task, since this process started."""
+  return _TASK_STATS[task]
+
+
+def report(tasks=None) -> str:
+  """One line per task (of `tasks`, default all) that skipped or repaired input."""
+  return "\n".join(f"{task}: {_TASK_STATS[task].report()}" for task in sorted(tasks or _TASK_STATS)
+                   if _TASK_STATS[task].counts())
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaSpec:
+  """How a task turns stored media into model pixels: the vision tower's input size and resize
+  rule (`images.resize_and_crop`), the web-image filters, and for video the frame rate and count
+  (the paper: 8 frames at 1 FPS) and whether the clip starts at random (training) or is the
+  video's centre (evaluation)."""
+  image_size: int = 224
+  resize: str = "shorter_side"
+  filter: images_lib.ImageFilter = images_lib.ImageFilter()
+  fps: float = 1.0
+  num_frames: int = 8
+  random_clip: bool = True
+
+
+def special_ids(vocabulary: seqio.Vocabulary) -> sequences.SpecialIds:
+  """`<image>` and `<EOC>` take the first two ids after the vocabulary, as in the model config."""
+  return sequences.SpecialIds(media=vocabulary.vocab_size, eoc=vocabulary.vocab_size + 1,
+                              eos=vocabulary.eos_id, pad=vocabulary.pad_id)
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  token = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)
+  return {"tokens": token, "targets": token,
+          "weights": seqio.ContinuousFeature(dtype=tf.float32, rank=1),
+          "images": seqio.ContinuousFeature(dtype=tf.uint8, rank=5)}
+
+
+# Numpy: one raw example -> pieces of a document and its media.
+
+
+def clean_text(raw: bytes, stats: images_lib.DataStats) -> str:
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    stats.count("non_utf8_text")
+    text = raw.decode("utf-8", errors="replace")
+  return text.strip()
+
+
+def load_image(raw, media: MediaSpec, stats: images_lib.DataStats) -> np.ndarray | None:
+  """Bytes or uint8 pixels -> uint8 [1, S, S, 3] (one frame), or None (counted)."""
+  if isinstance(raw, np.ndarray) and raw.dtype == np.uint8:
+    pixels = raw  # Made by code, not scraped: no web filters.
+  elif not len(raw):
+    stats.count("missing_image_file")
+    return None
+  else:
+    pixels = images_lib.decode(bytes(raw), stats, media.filter)
+    if pixels is None:
+      return None
+  return images_lib.resize_and_crop(pixels, media.image_size, media.resize)[None]
+
+
+def load_video(raw: bytes, media: MediaSpec, stats: images_lib.DataStats,
+               rng: np.random.Generator) -> np.ndarray | None:
+  """Container bytes -> uint8 [T, S, S, 3], or None (counted)."""
+  frames = video_lib.decode_video(bytes(raw), stats, fps=media.fps, num_frames=media.num_frames,
+                                  rng=rng if media.random_clip else None,
+                                  max_pixels=media.filter.max_pixels)
+  if frames is None:
+    return None
+  return np.stack([images_lib.resize_and_crop(f, media.image_size, media.resize) for f in frames])
+
+
+def join_texts(pieces: list) -> list:
+  """Merges runs of consecutive texts (left where an image was dropped) and drops empty ones."""
+  out = []
+  for piece in pieces:
+    if piece is sequences.IMAGE:
+      out.append(piece)
+    elif piece:
+      if out and out[-1] is not sequences.IMAGE:
+        out[-1] = f"{out[-1]} {piece}"
+      else:
+        out.append(piece)
+  return out
+
+
+def pair_document(raw: dict, media: MediaSpec, stats, rng) -> tuple[list, list] | None:
+  text = clean_text(raw["text"], stats)
+  if not text:
+    stats.count("empty_text")
+    return None
+  image = load_image(raw["image"], media, stats)
+  if image is None:
+    stats.count("no_images")
+    return None
+  return [sequences.IMAGE, text], [image]
+
+
+def video_document(raw: dict, media: MediaSpec, stats, rng) -> tuple[list, list] | None:
+  text = clean_text(raw["text"], stats)
+  if not text:
+    stats.count("empty_text")
+    return None
+  frames = load_video(raw["video"], media, stats, rng)
+  if frames is None:
+    return None
+  return [sequences.IMAGE, text], [frames]
+
+
+def interleaved_document(raw: dict, media: MediaSpec, stats, rng) -> tuple[list, list] | None:
+  if len(raw["texts"]) != len(raw["images"]) + 1:
+    stats.count("corrupt_record")
+    return None
+  texts = [clean_text(t, stats) for t in raw["texts"]]
+  pieces, loaded = [texts[0]], []
+  for image, text in zip(raw["images"], texts[1:]):
+    if (pixels := load_image(image, media, stats)) is not None:
+      pieces.append(sequences.IMAGE)
+      loaded.append(pixels)
+    pieces.append(text)
+  pieces = join_texts(pieces)
+  if not loaded:
+    stats.count("no_images")
+    return None
+  if len(pieces) == len(loaded):
+    stats.count("empty_text")
+    return None
+  return pieces, loaded
+
+
+DOCUMENTS = {"pair": pair_document, "interleaved": interleaved_document, "video": video_document}
+
+
+def model_example(raw: dict, kind: str, media: MediaSpec, vocabulary: seqio.Vocabulary,
+                  max_length: int, max_images: int, stats: images_lib.DataStats,
+                  rng: np.random.Generator,
+                  attach_to_next: float = ATTACH_TO_NEXT_PROBABILITY) -> dict | None:
+  """A raw example -> {"images", "tokens", "targets", "weights"} (module docstring), or None
+  when a rule drops it. Documents get a random window, and with probability `attach_to_next`
+  their text goes with the image after it; pairs and videos keep their start."""
+  document = DOCUMENTS[kind](raw, media, stats, rng)
+  if document is None:
+    return None
+  pieces, media_arrays = document
+  if kind == "interleaved" and rng.random() < attach_to_next:
+    pieces = join_texts(sequences.attach_to_next(pieces))
+  ids = special_ids(vocabulary)
+  pieces = [p if p is sequences.IMAGE else vocabulary.encode(p) for p in pieces]
+  tokens, first, cut = sequences.window(sequences.layout(pieces, ids), ids, max_length,
+                                        max_images, rng if kind == "interleaved" else None)
+  if cut:
+    stats.count("images_over_limit")
+  example = sequences.pad_example(tokens, ids, max_length)
+  shown = int(np.sum(example["tokens"] == ids.media))
+  frames = 1 if kind != "video" else media.num_frames
+  example["images"] = np.zeros((max_images, frames, media.image_size, media.image_size, 3),
+                               np.uint8)
+  if shown:
+    example["images"][:shown] = np.stack(media_arrays[first:first + shown])
+  return example
+
+
+# seqio.
+
+
+def prepare(dataset: tf.data.Dataset, sequence_length: dict, output_features: dict, *,
+            kind: str, media: MediaSpec, task: str,
+            attach_to_next: float = ATTACH_TO_NEXT_PROBABILITY) -> tf.data.Dataset:
+  """The seqio preprocessor: raw examples of `kind` -> model examples; dropped ones are removed.
+
+  sequence_length: {"tokens": L, "images": M}. Bind kind, media, task (the counters' name) and
+  attach_to_next (0 where text is known to follow its image) with functools.partial.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"unknown kind {kind!r}; known: {KINDS}")
+  if sequence_length is None or not {"tokens", "images"} <= set(sequence_length):
+    raise ValueError(f"sequence_length must give 'tokens' and 'images', got {sequence_length}")
+  max_length, max_images = sequence_length["tokens"], sequence_length["images"]
+  frames = media.num_frames if kind == "video" else 1
+  run = functools.partial(model_example, kind=kind, media=media,
+                          vocabulary=output_features["tokens"].vocabulary,
+                          max_length=max_length, max_images=max_images, stats=task_stats(task),
+                          attach_to_next=attach_to_next)
+  shapes = {"tokens": [max_length], "targets": [max_length], "weights": [max_length],
+            "images": [max_images, frames, media.image_size, media.image_size, 3]}
+  dtypes = {"tokens": tf.int32, "targets": tf.int32, "weights": tf.float32, "images": tf.uint8}
+
+  def numpy_fn(seed, *values):
+    # SeedSequence takes non-negative integers; the bits of seqio's int64 seed are the seed.
+    rng = np.random.default_rng(np.asarray(seed).astype(np.uint64))
+    example = run(dict(zip(RAW_KEYS[kind], values)), rng=rng)
+    if example is None:
+      return [np.zeros(shapes[k], dtypes[k].as_numpy_dtype) for k in shapes] + [False]
+    return [example[k] for k in shapes] + [True]
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def convert(raw, seed):
+    values = tf.numpy_function(numpy_fn, [seed, *(raw[k] for k in RAW_KEYS[kind])],
+                               [*dtypes.values(), tf.bool], stateful=False)
+    for value, shape in zip(values, [*shapes.values(), []]):
+      value.set_shape(shape)
+    return dict(zip([*shapes, "keep"], values))
+
+  dataset = convert(dataset).filter(lambda example: example["keep"])
+  return dataset.map(lambda example: {k: example[k] for k in shapes},
+                     num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,242 @@
+"""Each on-disk format, written here as small real files, read back through seqio Tasks into
+model examples: text in the paper's layout, images in order, per the raw schemas."""
+
+import base64
+import io
+import json
+import tarfile
+
+import av
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from flamingo_jax.data import preprocess, sources, tasks
+
+VOCAB = seqio.ByteVocabulary()
+IDS = preprocess.special_ids(VOCAB)
+MEDIA = preprocess.MediaSpec(image_size=32)
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200),
+           (200, 30, 200), (90, 90, 90)]
+
+
+def encoded(colour, size=(80, 96), fmt="PNG") -> bytes:
+  buffer = io.BytesIO()
+  Image.new("RGB", size, colour).save(buffer, fmt)
+  return buffer.getvalue()
+
+
+def mp4(colours: list, fps: int = 10, size: int = 64) -> bytes:
+  """A real H.264 video: frame k is flat colours[k]."""
+  buffer = io.BytesIO()
+  with av.open(buffer, "w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuv420p"
+    for colour in colours:
+      frame = np.full((size, size, 3), colour, np.uint8)
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())
+  return buffer.getvalue()
+
+
+def render(example: dict) -> str:
+  """The example's token window (first input, then every target of a real input) as text with
+  <image>, <EOC> and <EOS> spelt out."""
+  names = {IDS.media: "<image>", IDS.eoc: "<EOC>", IDS.eos: "<EOS>"}
+  length = int(np.sum(example["tokens"] != IDS.pad))
+  window = [int(t) for t in (example["tokens"][0], *example["targets"][:length])]
+  out, text = [], []
+  for t in window + [IDS.eos]:  # Text runs decode whole: UTF-8 characters span tokens.
+    if t in names:
+      out += [VOCAB.decode(text), names[t]]
+      text = []
+    else:
+      text.append(t)
+  return "".join(out[:-1])
+
+
+def image_colours(example: dict) -> list:
+  """The flat colour of each image the example shows (an all-zero slot ends the list)."""
+  colours = []
+  for media in example["images"]:
+    if not media.any():
+      break
+    colours.append(tuple(int(v) for v in media[0, 0, 0]))
+  return colours
+
+
+def read(name: str, kind: str, source, max_length=64, max_images=5, media=MEDIA) -> list[dict]:
+  tasks.register(name, kind, source, VOCAB, media, attach_to_next=0.0)
+  ds = seqio.get_mixture_or_task(name).get_dataset(
+      sequence_length={"tokens": max_length, "images": max_images}, split="train", shuffle=False,
+      seed=0)
+  return list(ds.as_numpy_iterator())
+
+
+DOCUMENT = "<image>First.<EOC><image>Second one.<EOC><EOS>"
+
+
+def obelics(names):
+  return {"texts": [None, "First.", None, "Second one."], "images": [names[0], None, names[1], None]}
+
+
+def mmc4(names):
+  return {"text_list": ["First.", "Second one."],
+          "image_info": [{"image_name": names[0], "matched_text_index": 0},
+                         {"image_name": names[1], "matched_text_index": 1}]}
+
+
+def check_document(examples, count):
+  assert len(examples) == count
+  for example in examples:
+    assert render(example) == DOCUMENT
+    assert image_colours(example) == COLOURS[:2]
+    assert example["images"].shape == (5, 1, 32, 32, 3) and example["images"].dtype == np.uint8
+    assert example["tokens"].dtype == np.int32 and example["weights"].dtype == np.float32
+
+
+def test_interleaved_jsonl_in_obelics_and_mmc4_form(tmp_path):
+  (tmp_path / "img").mkdir()
+  for i in range(2):
+    (tmp_path / "img" / f"{i}.png").write_bytes(encoded(COLOURS[i]))
+  names = ["img/0.png", "img/1.png"]
+  lines = [json.dumps(obelics(names)), json.dumps(mmc4(names))]
+  (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+  check_document(read("fmt_jsonl_doc", "interleaved", sources.Jsonl(str(tmp_path / "*.jsonl"))), 2)
+
+
+def write_tar(path, samples: dict[str, dict[str, bytes]]):
+  with tarfile.open(path, "w") as tar:
+    for key, members in samples.items():
+      for name, data in members.items():
+        info = tarfile.TarInfo(f"{key}.{name}")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def test_interleaved_webdataset_with_members_and_base64(tmp_path):
+  images = {f"{i}.png": encoded(COLOURS[i]) for i in range(2)}
+  inline = mmc4(["a", "b"])
+  for info, data in zip(inline["image_info"], images.values()):
+    info["image_base64"] = base64.b64encode(data).decode()
+  write_tar(tmp_path / "docs-000.tar", {
+      "doc0": {"json": json.dumps(obelics(list(images))).encode(), **images},
+      "doc1": {"json": json.dumps(inline).encode()}})
+  source = sources.WebDataset(str(tmp_path / "docs-*.tar"))
+  check_document(read("fmt_wds_doc", "interleaved", source), 2)
+
+
+def tf_example(features: dict) -> bytes:
+  def feature(value):
+    values = value if isinstance(value, list) else [value]
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+  return tf.train.Example(features=tf.train.Features(
+      feature={k: feature(v) for k, v in features.items()})).SerializeToString()
+
+
+def write_tfrecord(path, records: list[dict]):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for record in records:
+      writer.write(tf_example(record))
+
+
+def test_interleaved_tfrecord(tmp_path):
+  write_tfrecord(tmp_path / "docs.tfrecord", [
+      {"images": [encoded(COLOURS[0]), encoded(COLOURS[1])],
+       "texts": [b"", b"First.", b"Second one."]}])
+  check_document(read("fmt_tfrecord_doc", "interleaved",
+                      sources.TFRecord(str(tmp_path / "*.tfrecord"))), 1)
+
+
+def check_pairs(examples, captions):
+  assert [render(e) for e in examples] == [f"<image>{c}<EOC><EOS>" for c in captions]
+  assert [image_colours(e) for e in examples] == [[c] for c in COLOURS[:len(captions)]]
+  for example in examples:
+    assert example["images"].shape == (1, 1, 32, 32, 3)
+
+
+CAPTIONS = ["A red square.", "A green one.", "Blue."]
+
+
+def test_pairs_webdataset_tfrecord_and_jsonl(tmp_path):
+  write_tar(tmp_path / "pairs-000.tar", {
+      f"{i:04d}": {"png": encoded(COLOURS[i]), "txt": c.encode()} for i, c in enumerate(CAPTIONS)})
+  pairs = read("fmt_wds_pairs", "pair", sources.WebDataset(str(tmp_path / "pairs-*.tar")),
+               max_images=1)
+  check_pairs(pairs, CAPTIONS)
+
+  write_tfrecord(tmp_path / "pairs.tfrecord", [
+      {"image/encoded": encoded(COLOURS[i], fmt="JPEG"), "caption": c.encode()}
+      for i, c in enumerate(CAPTIONS)])
+  source = sources.TFRecord(str(tmp_path / "*.tfrecord"),
+                            fields={"image": "image/encoded", "text": "caption"})
+  jpeg = read("fmt_tfrecord_pairs", "pair", source, max_images=1)
+  assert [render(e) for e in jpeg] == [f"<image>{c}<EOC><EOS>" for c in CAPTIONS]
+  for example, colour in zip(jpeg, COLOURS):  # JPEG is lossy.
+    np.testing.assert_allclose(example["images"][0, 0].mean((0, 1)), colour, atol=3)
+
+  for i in range(3):
+    (tmp_path / f"{i}.png").write_bytes(encoded(COLOURS[i]))
+  (tmp_path / "pairs.jsonl").write_text("\n".join(
+      json.dumps({"image": f"{i}.png", "caption": c}) for i, c in enumerate(CAPTIONS)))
+  check_pairs(read("fmt_jsonl_pairs", "pair", sources.Jsonl(str(tmp_path / "pairs.jsonl")),
+                   max_images=1), CAPTIONS)
+
+
+class TinyCaptions(tfds.core.GeneratorBasedBuilder):
+  """A COCO-shaped TFDS dataset: an image and several captions."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(encoding_format="png"),
+        "captions": tfds.features.Sequence({"text": tfds.features.Text()})}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, caption in enumerate(CAPTIONS):
+      image = np.asarray(Image.new("RGB", (80, 80), COLOURS[i]))
+      yield i, {"image": image, "captions": {"text": [caption, caption.upper()]}}
+
+
+def test_pairs_from_a_tfds_builder_take_one_of_the_captions(tmp_path):
+  TinyCaptions(data_dir=str(tmp_path)).download_and_prepare()
+  source = sources.Tfds("tiny_captions:1.0.0", data_dir=str(tmp_path), text_key="captions/text")
+  examples = read("fmt_tfds_pairs", "pair", source, max_images=1)
+  assert [image_colours(e) for e in examples] == [[c] for c in COLOURS[:3]]
+  texts = [render(e) for e in examples]
+  for text, caption in zip(texts, CAPTIONS):
+    assert text in (f"<image>{caption}<EOC><EOS>", f"<image>{caption.upper()}<EOC><EOS>")
+
+
+def check_video(examples):
+  # 10 FPS source frames k = 0..29 (k // 10 picks the colour); 2 FPS, 4 frames from the centre
+  # of the 3 s clip: t = 0.5, 1.0, 1.5, 2.0 s -> source frames 5, 10, 15, 20.
+  assert len(examples) == 2
+  for example in examples:
+    assert render(example) == "<image>A clip.<EOC><EOS>"
+    frames = example["images"][0]
+    assert frames.shape == (4, 32, 32, 3) and not example["images"][1:].any()
+    expected = [COLOURS[k // 10] for k in (5, 10, 15, 20)]
+    np.testing.assert_allclose(frames.mean((1, 2)), expected, atol=6)
+
+
+VIDEO = mp4([COLOURS[k // 10] for k in range(30)])
+
+
+def test_video_webdataset_and_tfrecord(tmp_path):
+  write_tar(tmp_path / "clips-000.tar", {
+      f"clip{i}": {"mp4": VIDEO, "txt": b"A clip."} for i in range(2)})
+  media = preprocess.MediaSpec(image_size=32, fps=2.0, num_frames=4, random_clip=False)
+  examples = read("fmt_wds_video", "video", sources.WebDataset(str(tmp_path / "clips-*.tar")),
+                  max_images=2, media=media)
+  check_video(examples)
+  write_tfrecord(tmp_path / "clips.tfrecord", [{"video": VIDEO, "text": b"A clip."}] * 2)
+  check_video(read("fmt_tfrecord_video", "video", sources.TFRecord(str(tmp_path / "*.tfrecord")),
+                   max_images=2, media=media))
