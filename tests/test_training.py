@@ -17,6 +17,11 @@ def make_batch(config):
   return dict(images=images, tokens=tokens, targets=targets, weights=weights)
 
 
+def one_dataset_step(batch):
+  """A mixture step (`data.mixtures`) of one dataset with lambda = 1."""
+  return {"doc": {**batch, "loss_weight": jnp.float32(1.0)}}
+
+
 def short_warmup_state(config, params, learning_rate):
   """The paper's optimiser with a 1-step warm-up: (tx, train state, frozen params)."""
   opt_config = optimizer.default_optimizer_config()
@@ -46,7 +51,7 @@ def test_frozen_parameters_have_no_gradient_and_no_optimizer_state(tiny_config, 
   assert sum(x.size for x in jax.tree.leaves(frozen)) > sum(
       x.size for x in jax.tree.leaves(state.params))
 
-  batch = make_batch(tiny_config)
+  batch = one_dataset_step(make_batch(tiny_config))
   step = jax.jit(lambda s, f, b: step_lib.train_step(model, tx, s, f, b))
   new_state, metrics = step(state, frozen, batch)  # Learning rate 0: warm-up starts at 0.
   new_state, metrics = step(new_state, frozen, batch)
@@ -81,13 +86,29 @@ def test_gradient_through_the_merged_tree_is_zero_for_frozen_leaves(tiny_config,
 def test_train_step_lowers_the_loss(tiny_config, tiny_model):
   model, params = tiny_model
   tx, state, frozen = short_warmup_state(tiny_config, params, 3e-3)
-  batch = make_batch(tiny_config)
+  batch = one_dataset_step(make_batch(tiny_config))
   step = jax.jit(lambda s, b: step_lib.train_step(model, tx, s, frozen, b))
   losses = []
   for _ in range(30):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_mixture_loss_is_the_lambda_weighted_sum_of_per_dataset_means(tiny_config, tiny_model):
+  model, params = tiny_model
+  doc = make_batch(tiny_config)
+  # A second dataset: the same documents cut short, so its mean loss differs.
+  short = {**doc, "weights": doc["weights"].at[:, 6:].set(0.0)}
+  losses = {}
+  for key, batch in (("doc", doc), ("short", short)):
+    logits = model.apply({"params": params}, batch["images"], batch["tokens"])
+    losses[key] = float(step_lib.next_token_loss(logits, batch["targets"], batch["weights"]))
+  assert abs(losses["doc"] - losses["short"]) > 1e-3
+  total, per_batch = step_lib.mixture_loss(
+      model, params, {"doc": {**doc, "loss_weight": 1.0}, "short": {**short, "loss_weight": 0.2}})
+  np.testing.assert_allclose(float(total), losses["doc"] + 0.2 * losses["short"], rtol=1e-5)
+  np.testing.assert_allclose(float(per_batch["loss/short"]), losses["short"], rtol=1e-5)
 
 
 def test_weight_decay_skips_norms_gates_biases_and_the_resampler():

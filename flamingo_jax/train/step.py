@@ -34,17 +34,30 @@ def init_train_state(params, tx: optax.GradientTransformation, patterns):
   return TrainState(step=jnp.zeros((), jnp.int32), params=train, opt_state=tx.init(train)), frozen
 
 
-def train_step(model, tx: optax.GradientTransformation, state: TrainState, frozen, batch):
-  """One optimiser step. batch: images [B, M, T, H, W, 3], tokens / targets [B, L] int32,
-  weights [B, L] float32. Returns (new state, metrics)."""
+def mixture_loss(model, params, batches: dict) -> tuple[jax.Array, dict]:
+  """The paper's objective: sum over datasets m of lambda_m * (mean token loss on m).
+
+  batches: {key: batch} as `data.mixtures` yields them; batch = images [B, M, T, H, W, 3],
+  tokens / targets [B, L] int32, weights [B, L] float32, loss_weight [] (lambda_m). Returns the
+  loss and {f"loss/{key}": unweighted mean token loss}.
+  """
+  total, per_batch = 0.0, {}
+  for key, batch in batches.items():
+    logits = model.apply({"params": params}, batch["images"], batch["tokens"])
+    per_batch[f"loss/{key}"] = next_token_loss(logits, batch["targets"], batch["weights"])
+    total += batch["loss_weight"] * per_batch[f"loss/{key}"]
+  return total, per_batch
+
+
+def train_step(model, tx: optax.GradientTransformation, state: TrainState, frozen, batches):
+  """One optimiser step on one mixture step's batches (`mixture_loss`). Returns (new state,
+  metrics)."""
 
   def loss_fn(train):
-    params = trainable_lib.merge(train, frozen)
-    logits = model.apply({"params": params}, batch["images"], batch["tokens"])
-    return next_token_loss(logits, batch["targets"], batch["weights"])
+    return mixture_loss(model, trainable_lib.merge(train, frozen), batches)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, per_batch), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **per_batch}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
