@@ -70,7 +70,7 @@ def image_colours(example: dict) -> list:
 
 
 def read(name: str, kind: str, source, max_length=64, max_images=5, media=MEDIA) -> list[dict]:
-  tasks.register(name, kind, source, VOCAB, media, attach_to_next=0.0)
+  tasks.register(name, kind, source, VOCAB, media, augment=preprocess.NO_AUGMENTATION)
   ds = seqio.get_mixture_or_task(name).get_dataset(
       sequence_length={"tokens": max_length, "images": max_images}, split="train", shuffle=False,
       seed=0)
@@ -240,3 +240,62 @@ def test_video_webdataset_and_tfrecord(tmp_path):
   write_tfrecord(tmp_path / "clips.tfrecord", [{"video": VIDEO, "text": b"A clip."}] * 2)
   check_video(read("fmt_tfrecord_video", "video", sources.TFRecord(str(tmp_path / "*.tfrecord")),
                    max_images=2, media=media))
+
+
+def test_the_papers_augmentations_happen_at_their_rates():
+  left_red = np.zeros((80, 80, 3), np.uint8)
+  left_red[:, :40] = (255, 0, 0)
+  raw = {"image": encoded_array(left_red), "text": b"A caption."}
+  augment = preprocess.Augmentation(space_prefix=0.5, flip=0.5, colour_jitter=0.2)
+  stats = preprocess.task_stats("augment_test")
+  spaces = flips = 0
+  reds = set()
+  for seed in range(200):
+    example = preprocess.model_example(raw, "pair", MEDIA, VOCAB, 32, 1, stats,
+                                       np.random.default_rng(seed), augment)
+    text = render(example)
+    assert text in ("<image>A caption.<EOC><EOS>", "<image> A caption.<EOC><EOS>")
+    spaces += text.startswith("<image> ")
+    image = example["images"][0, 0].astype(int)
+    left, right = image[:, :8].mean((0, 1)), image[:, -8:].mean((0, 1))
+    flipped = left[0] < right[0]  # Red moved to the right.
+    flips += flipped
+    red = right if flipped else left
+    assert red[0] > 150 and red[1] < 60  # Jittered, still red.
+    reds.add(tuple(red.round()))
+  assert 70 < spaces < 130 and 70 < flips < 130 and len(reds) > 50
+  assert not stats.counts()
+
+  document = {"images": [encoded(COLOURS[0]), encoded(COLOURS[1])],
+              "texts": [b"", b"A.", b"B."]}
+  attached = preprocess.model_example(document, "interleaved", MEDIA, VOCAB, 32, 5, stats,
+                                      np.random.default_rng(0),
+                                      preprocess.Augmentation(attach_to_next=1.0))
+  # "A." sits between the images; attached to the next image it is read after it.
+  assert render(attached) == "<image><image>A. B.<EOC><EOS>"
+  assert image_colours(attached) == COLOURS[:2]
+
+
+def encoded_array(pixels: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, "PNG")
+  return buffer.getvalue()
+
+
+def test_a_sentencepiece_vocabulary_opens_documents_with_bos(tmp_path):
+  import sentencepiece
+  lines = [f"a {c} caption number {i}" for i in range(50) for c in ("red", "blue")]
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines), model_prefix=str(tmp_path / "spm"), vocab_size=30,
+      pad_id=0, eos_id=1, unk_id=2, bos_id=3, minloglevel=2)
+  vocabulary = seqio.SentencePieceVocabulary(str(tmp_path / "spm.model"))
+  ids = preprocess.special_ids(vocabulary)
+  assert (ids.bos, ids.eos, ids.pad, ids.media) == (3, 1, 0, 30)
+  raw = {"image": encoded(COLOURS[0]), "text": b"a red caption"}
+  example = preprocess.model_example(raw, "pair", MEDIA, vocabulary, 32, 1,
+                                     preprocess.task_stats("spm_test"), np.random.default_rng(0),
+                                     preprocess.NO_AUGMENTATION)
+  text_ids = vocabulary.encode("a red caption")
+  n = len(text_ids) + 3  # <BOS> <image> text <EOC>, then <EOS> as the last target.
+  np.testing.assert_array_equal(example["tokens"][:n], [3, 30, *text_ids, 31])
+  assert example["targets"][n - 1] == 1 and example["weights"][0] == 0  # <image> is no target.

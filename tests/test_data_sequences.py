@@ -12,6 +12,11 @@ def test_pair_reads_image_caption_eoc_eos():
   np.testing.assert_array_equal(layout([IMAGE, [5, 6, 7]], IDS), [100, 5, 6, 7, 101, 1])
 
 
+def test_bos_opens_the_document_where_the_vocabulary_has_one():
+  ids = SpecialIds(media=100, eoc=101, eos=1, pad=0, bos=2)
+  np.testing.assert_array_equal(layout([IMAGE, [5]], ids), [2, 100, 5, 101, 1])
+
+
 def test_eoc_goes_before_every_image_that_follows_text_and_at_the_end():
   tokens = layout([[3], IMAGE, [4, 4], IMAGE, IMAGE, [5]], IDS)
   np.testing.assert_array_equal(tokens, [3, 101, 100, 4, 4, 101, 100, 100, 5, 101, 1])

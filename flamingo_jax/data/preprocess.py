@@ -26,9 +26,8 @@ Rules for bad input; each is counted in the task's `DataStats` (`task_stats`):
 A dropped image of a document takes its place in the document with it; the texts on either side
 join (with a space), as do texts that end up side by side when text goes with the next image. Nothing here raises on bad data, so a run goes on.
 
-Randomness (the paper's choice of whether text goes with the image before or after it, and the
-window of a long document) comes from seqio's per-example seeds: the same `seed` passed to
-`get_dataset` gives the same examples.
+Randomness (the window of a long document and the `Augmentation`s) comes from seqio's
+per-example seeds: the same `seed` passed to `get_dataset` gives the same examples.
 """
 
 import collections
@@ -46,7 +45,8 @@ from flamingo_jax.data import video as video_lib
 KINDS = ("pair", "interleaved", "video")
 RAW_KEYS = {"pair": ("image", "text"), "interleaved": ("images", "texts"),
             "video": ("video", "text")}
-ATTACH_TO_NEXT_PROBABILITY = 0.5  # The paper's per-document choice for M3W.
+# Luma weights of RGB, for saturation jitter.
+LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 
 _TASK_STATS = collections.defaultdict(images_lib.DataStats)
 
@@ -76,10 +76,34 @@ class MediaSpec:
   random_clip: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """The paper's per-example randomness (appendix A.3), as probabilities and strengths.
+
+  attach_to_next: a document's text goes with the image after it rather than before (the
+    paper's 1/2 per M3W page; 0 where text is known to follow its image).
+  space_prefix: a pair's or video's caption starts with a space (the paper's 1/2).
+  flip: an image (all frames of a video) is flipped left-right. The paper flips pair images;
+    off by default since captions may name sides.
+  colour_jitter: brightness, contrast and saturation are each scaled by a factor drawn from
+    [1 - s, 1 + s]; the paper's strength is not given, so off by default.
+  """
+  attach_to_next: float = 0.5
+  space_prefix: float = 0.5
+  flip: float = 0.0
+  colour_jitter: float = 0.0
+
+
+NO_AUGMENTATION = Augmentation(attach_to_next=0.0, space_prefix=0.0)
+
+
 def special_ids(vocabulary: seqio.Vocabulary) -> sequences.SpecialIds:
-  """`<image>` and `<EOC>` take the first two ids after the vocabulary, as in the model config."""
+  """`<image>` and `<EOC>` take the first two ids after the vocabulary, as in the model config;
+  a document opens with the vocabulary's BOS where it has one."""
+  bos = vocabulary.bos_id
   return sequences.SpecialIds(media=vocabulary.vocab_size, eoc=vocabulary.vocab_size + 1,
-                              eos=vocabulary.eos_id, pad=vocabulary.pad_id)
+                              eos=vocabulary.eos_id, pad=vocabulary.pad_id,
+                              bos=bos if bos is not None and bos >= 0 else None)
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -124,6 +148,21 @@ def load_video(raw: bytes, media: MediaSpec, stats: images_lib.DataStats,
   if frames is None:
     return None
   return np.stack([images_lib.resize_and_crop(f, media.image_size, media.resize) for f in frames])
+
+
+def augment_media(media: np.ndarray, augment: Augmentation,
+                  rng: np.random.Generator) -> np.ndarray:
+  """uint8 [T, S, S, 3] -> the same, flipped and colour-jittered per `augment`."""
+  if rng.random() < augment.flip:
+    media = media[:, :, ::-1]
+  if augment.colour_jitter:
+    brightness, contrast, saturation = rng.uniform(1 - augment.colour_jitter,
+                                                   1 + augment.colour_jitter, 3)
+    x = media.astype(np.float32) * brightness
+    x = (x - x.mean()) * contrast + x.mean()
+    grey = (x @ LUMA)[..., None]
+    media = np.clip((x - grey) * saturation + grey, 0, 255).round().astype(np.uint8)
+  return media
 
 
 def join_texts(pieces: list) -> list:
@@ -189,17 +228,18 @@ DOCUMENTS = {"pair": pair_document, "interleaved": interleaved_document, "video"
 
 def model_example(raw: dict, kind: str, media: MediaSpec, vocabulary: seqio.Vocabulary,
                   max_length: int, max_images: int, stats: images_lib.DataStats,
-                  rng: np.random.Generator,
-                  attach_to_next: float = ATTACH_TO_NEXT_PROBABILITY) -> dict | None:
+                  rng: np.random.Generator, augment: Augmentation = Augmentation()) -> dict | None:
   """A raw example -> {"images", "tokens", "targets", "weights"} (module docstring), or None
-  when a rule drops it. Documents get a random window, and with probability `attach_to_next`
-  their text goes with the image after it; pairs and videos keep their start."""
+  when a rule drops it. Documents get a random window; pairs and videos keep their start."""
   document = DOCUMENTS[kind](raw, media, stats, rng)
   if document is None:
     return None
   pieces, media_arrays = document
-  if kind == "interleaved" and rng.random() < attach_to_next:
+  if kind == "interleaved" and rng.random() < augment.attach_to_next:
     pieces = join_texts(sequences.attach_to_next(pieces))
+  if kind != "interleaved" and rng.random() < augment.space_prefix:
+    pieces[-1] = " " + pieces[-1]
+  media_arrays = [augment_media(m, augment, rng) for m in media_arrays]
   ids = special_ids(vocabulary)
   pieces = [p if p is sequences.IMAGE else vocabulary.encode(p) for p in pieces]
   tokens, first, cut = sequences.window(sequences.layout(pieces, ids), ids, max_length,
@@ -221,11 +261,11 @@ def model_example(raw: dict, kind: str, media: MediaSpec, vocabulary: seqio.Voca
 
 def prepare(dataset: tf.data.Dataset, sequence_length: dict, output_features: dict, *,
             kind: str, media: MediaSpec, task: str,
-            attach_to_next: float = ATTACH_TO_NEXT_PROBABILITY) -> tf.data.Dataset:
+            augment: Augmentation = Augmentation()) -> tf.data.Dataset:
   """The seqio preprocessor: raw examples of `kind` -> model examples; dropped ones are removed.
 
   sequence_length: {"tokens": L, "images": M}. Bind kind, media, task (the counters' name) and
-  attach_to_next (0 where text is known to follow its image) with functools.partial.
+  augment with functools.partial.
   """
   if kind not in KINDS:
     raise ValueError(f"unknown kind {kind!r}; known: {KINDS}")
@@ -236,7 +276,7 @@ def prepare(dataset: tf.data.Dataset, sequence_length: dict, output_features: di
   run = functools.partial(model_example, kind=kind, media=media,
                           vocabulary=output_features["tokens"].vocabulary,
                           max_length=max_length, max_images=max_images, stats=task_stats(task),
-                          attach_to_next=attach_to_next)
+                          augment=augment)
   shapes = {"tokens": [max_length], "targets": [max_length], "weights": [max_length],
             "images": [max_images, frames, media.image_size, media.image_size, 3]}
   dtypes = {"tokens": tf.int32, "targets": tf.int32, "weights": tf.float32, "images": tf.uint8}

@@ -1,9 +1,10 @@
 """Token layout of the paper's training sequences (section 2.4, appendix A.3), in plain numpy.
 
 A document is a list of pieces in reading order: `IMAGE` or a list of text token ids. It becomes
-`<image> text <EOC> <image> text <EOC> ... <EOS>`: `<image>` where an image sits, `<EOC>` before
-every `<image>` that follows text and at the end of the document. A pair is the document
-`[IMAGE, caption]`: `<image> caption <EOC> <EOS>`.
+`<BOS> <image> text <EOC> <image> text <EOC> ... <EOS>`: <BOS> where the vocabulary has one,
+`<image>` where an image sits, `<EOC>` before every `<image>` that follows text and at the end
+of the document. A pair is the document
+`[IMAGE, caption]`: `<BOS> <image> caption <EOC> <EOS>`.
 
 Targets are the inputs shifted by one; a position's loss weight is 0 on padding and where the
 target is `<image>` (where images go is given, never predicted).
@@ -22,6 +23,7 @@ class SpecialIds:
   eoc: int    # <EOC>
   eos: int
   pad: int = 0
+  bos: int | None = None
 
 
 def attach_to_next(pieces: list) -> list:
@@ -39,7 +41,7 @@ def attach_to_next(pieces: list) -> list:
 
 def layout(pieces: list, ids: SpecialIds) -> np.ndarray:
   """int32 [n]: the token ids of a whole document."""
-  tokens, after_text = [], False
+  tokens, after_text = [] if ids.bos is None else [ids.bos], False
   for piece in pieces:
     if piece is IMAGE:
       if after_text:

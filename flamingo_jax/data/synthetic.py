@@ -383,7 +383,8 @@ def register_synthetic_tasks(vocabulary: seqio.Vocabulary, image_size: int = 32,
   for kind, task_kind in TASK_KINDS.items():
     names.append(f"{prefix}_{kind}")
     source = SyntheticSource(kind, seed, image_size, split_sizes, ways, shots)
-    # Text follows its image by construction (and a binding query must precede its answer).
+    # Exact data: text follows its image by construction (a binding query must precede its
+    # answer), captions name sides and colours, so neither attachment, flips nor jitter apply.
     tasks.register(names[-1], task_kind, source, vocabulary, media, shuffle_buffer_size,
-                   attach_to_next=0.0)
+                   preprocess.NO_AUGMENTATION)
   return names

@@ -23,12 +23,11 @@ SHUFFLE_BUFFER_SIZE = 256
 def register(name: str, kind: str, source, vocabulary: seqio.Vocabulary,
              media: preprocess.MediaSpec = preprocess.MediaSpec(),
              shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
-             attach_to_next: float = preprocess.ATTACH_TO_NEXT_PROBABILITY) -> seqio.Task:
+             augment: preprocess.Augmentation = preprocess.Augmentation()) -> seqio.Task:
   """Registers (or replaces) Task `name`: `source` (a `sources` description, or anything with
   `data_source(kind, stats)` and `preprocessors(kind)`) read as `kind` ("pair", "interleaved",
-  "video") and turned into model examples with `media`'s image size, resizing and filters.
-  attach_to_next: the probability that a document's text goes with the image after it (the
-  paper's 1/2 for web pages; 0 where text is known to follow its image)."""
+  "video") and turned into model examples with `media`'s image size, resizing and filters, and
+  `augment`'s randomness (the paper's by default; `preprocess.NO_AUGMENTATION` for none)."""
   if kind not in preprocess.KINDS:
     raise ValueError(f"unknown kind {kind!r}; known: {preprocess.KINDS}")
   seqio.TaskRegistry.remove(name)
@@ -37,7 +36,7 @@ def register(name: str, kind: str, source, vocabulary: seqio.Vocabulary,
       source=source.data_source(kind, preprocess.task_stats(name)),
       preprocessors=[*source.preprocessors(kind),
                      functools.partial(preprocess.prepare, kind=kind, media=media, task=name,
-                                       attach_to_next=attach_to_next)],
+                                       augment=augment)],
       output_features=preprocess.output_features(vocabulary),
       shuffle_buffer_size=shuffle_buffer_size)
 
@@ -65,7 +64,7 @@ def media_spec(preprocessing: ml_collections.ConfigDict, image_size: int,
 def register_from_config(name: str, config: ml_collections.ConfigDict,
                          vocabulary: seqio.Vocabulary, media: preprocess.MediaSpec) -> seqio.Task:
   """A task described in a mixture config: {"kind", "source": {...}, optional
-  "shuffle_buffer_size", "attach_to_next"}."""
+  "shuffle_buffer_size", "augment": {Augmentation fields}}."""
+  augment = preprocess.Augmentation(**config.get("augment", {}))
   return register(name, config.kind, source_from_config(config.source), vocabulary, media,
-                  config.get("shuffle_buffer_size", SHUFFLE_BUFFER_SIZE),
-                  config.get("attach_to_next", preprocess.ATTACH_TO_NEXT_PROBABILITY))
+                  config.get("shuffle_buffer_size", SHUFFLE_BUFFER_SIZE), augment)
