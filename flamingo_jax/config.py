@@ -11,6 +11,8 @@ import pathlib
 import ml_collections
 
 from flamingo_jax.flamingo.trainable import DEFAULT_TRAINABLE
+from flamingo_jax.train.optimizer import default_optimizer_config
+from flamingo_jax.train.partitioning import DEFAULT_RULES
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -69,6 +71,24 @@ def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
   return c
 
 
+def training_sections(mesh: dict | None = None, **train) -> dict:
+  """The `train`, `mesh` and `partitioning` sections (flamingo_jax/train/trainer.py).
+
+  train: steps, logging and checkpoint cadence, microbatches (gradient accumulation within a
+  step), the frozen parameters' dtype and source, and the paper's optimiser; mesh: sizes of the
+  data / fsdp / tensor axes (-1: the devices left); partitioning: logical axis -> mesh axes.
+  """
+  c = ml_collections.ConfigDict(dict(
+      num_steps=500_000, log_every=100, checkpoint_every=1000, keep_checkpoints=3,
+      async_checkpoints=True, microbatches=1, frozen_dtype="bfloat16",
+      frozen=dict(source="init", path="")))
+  c.optimizer = default_optimizer_config()
+  c.update(train)
+  return {"train": c,
+          "mesh": ml_collections.ConfigDict(mesh or dict(data=-1, fsdp=1, tensor=1)),
+          "partitioning": ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))}
+
+
 def chinchilla_lm(num_layers: int, embed_dim: int, num_heads: int) -> dict:
   """A Chinchilla / Gopher-shaped frozen LM (Rae et al. 2021; Hoffmann et al. 2022).
 
@@ -95,4 +115,5 @@ def paper_config(lm: dict, xattn_every: int) -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = model_config(vision=nfnet_vision("F6", 320), lm=lm, resampler={},
                               xattn=dict(every=xattn_every), dtype="bfloat16")
+  config.update(training_sections())
   return config

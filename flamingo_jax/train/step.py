@@ -18,14 +18,20 @@ class TrainState:
   opt_state: Any
 
 
-def next_token_loss(logits, targets, weights):
-  """Mean of -log p(target) over tokens with weight > 0.
+def token_loss_sums(logits, targets, weights) -> tuple[jax.Array, jax.Array]:
+  """(sum of weight * -log p(target), sum of weights).
 
   logits: [B, L, V] float32; targets: [B, L] int32; weights: [B, L] float32 (0 on padding and on
   positions whose target is `<image>`, which the model never has to predict).
   """
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def next_token_loss(logits, targets, weights):
+  """Mean of -log p(target) over tokens with weight > 0."""
+  total, count = token_loss_sums(logits, targets, weights)
+  return total / jnp.maximum(count, 1.0)
 
 
 def init_train_state(params, tx: optax.GradientTransformation, patterns):
@@ -34,29 +40,72 @@ def init_train_state(params, tx: optax.GradientTransformation, patterns):
   return TrainState(step=jnp.zeros((), jnp.int32), params=train, opt_state=tx.init(train)), frozen
 
 
-def mixture_loss(model, params, batches: dict) -> tuple[jax.Array, dict]:
+def mixture_loss(model, params, batches: dict, token_counts: dict | None = None):
   """The paper's objective: sum over datasets m of lambda_m * (mean token loss on m).
 
   batches: {key: batch} as `data.mixtures` yields them; batch = images [B, M, T, H, W, 3],
-  tokens / targets [B, L] int32, weights [B, L] float32, loss_weight [] (lambda_m). Returns the
-  loss and {f"loss/{key}": unweighted mean token loss}.
+  tokens / targets [B, L] int32, weights [B, L] float32, loss_weight [] (lambda_m).
+  token_counts: {key: the weight sum of the whole batch} when `batches` is one microbatch of it,
+  so that microbatch losses add up to the batch's mean. Returns the loss and
+  {f"loss/{key}": unweighted mean token loss (this microbatch's share of it)}.
   """
   total, per_batch = 0.0, {}
   for key, batch in batches.items():
     logits = model.apply({"params": params}, batch["images"], batch["tokens"])
-    per_batch[f"loss/{key}"] = next_token_loss(logits, batch["targets"], batch["weights"])
+    loss_sum, count = token_loss_sums(logits, batch["targets"], batch["weights"])
+    if token_counts is not None:
+      count = token_counts[key]
+    per_batch[f"loss/{key}"] = loss_sum / jnp.maximum(count, 1.0)
     total += batch["loss_weight"] * per_batch[f"loss/{key}"]
   return total, per_batch
 
 
-def train_step(model, tx: optax.GradientTransformation, state: TrainState, frozen, batches):
+def split_microbatches(batches: dict, microbatches: int) -> dict:
+  """Leading batch axis B -> [microbatches, B / microbatches]; scalars stay."""
+
+  def split(x):
+    if x.ndim == 0:
+      return x
+    if x.shape[0] % microbatches:
+      raise ValueError(f"batch of {x.shape[0]} does not split into {microbatches} microbatches")
+    return x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:])
+
+  return jax.tree.map(split, batches)
+
+
+def loss_and_grads(model, train, frozen, batches: dict, microbatches: int = 1):
+  """(loss, per-batch losses, gradients of the trainable parameters), the batches processed
+  whole or in `microbatches` sequential slices whose gradients add up (lax.scan: one slice's
+  activations live at a time). Equal up to float summation order."""
+
+  def loss_fn(train, batches, token_counts=None):
+    return mixture_loss(model, trainable_lib.merge(train, frozen), batches, token_counts)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if microbatches == 1:
+    (loss, per_batch), grads = grad_fn(train, batches)
+    return loss, per_batch, grads
+  token_counts = {key: jnp.sum(batch["weights"]) for key, batch in batches.items()}
+  sliced = split_microbatches(batches, microbatches)
+  scalars = {key: {k: v for k, v in batch.items() if v.ndim == 0} for key, batch in batches.items()}
+  arrays = {key: {k: v for k, v in batch.items() if v.ndim} for key, batch in sliced.items()}
+
+  def accumulate(carry, microbatch):
+    batch = {key: {**microbatch[key], **scalars[key]} for key in microbatch}
+    (loss, per_batch), grads = grad_fn(train, batch, token_counts)
+    return jax.tree.map(jnp.add, carry, (loss, per_batch, grads)), None
+
+  zeros = (jnp.zeros(()), {f"loss/{key}": jnp.zeros(()) for key in batches},
+           jax.tree.map(jnp.zeros_like, train))
+  (loss, per_batch, grads), _ = jax.lax.scan(accumulate, zeros, arrays)
+  return loss, per_batch, grads
+
+
+def train_step(model, tx: optax.GradientTransformation, state: TrainState, frozen, batches,
+               microbatches: int = 1):
   """One optimiser step on one mixture step's batches (`mixture_loss`). Returns (new state,
   metrics)."""
-
-  def loss_fn(train):
-    return mixture_loss(model, trainable_lib.merge(train, frozen), batches)
-
-  (loss, per_batch), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  loss, per_batch, grads = loss_and_grads(model, state.params, frozen, batches, microbatches)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **per_batch}

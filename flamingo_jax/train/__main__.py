@@ -1,0 +1,29 @@
+"""Trains a config: `python -m flamingo_jax.train --config=configs/tiny.py --workdir=DIR`.
+
+Any field can be overridden, e.g. `--config.train.num_steps=1000 --config.mesh.tensor=4`. On a
+multi-host TPU slice, run the same command on every host with `--multihost`. Rerunning in the
+same workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+from flamingo_jax.train import trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard logs go here.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (pods).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  trainer.train(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

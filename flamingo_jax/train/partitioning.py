@@ -1,0 +1,91 @@
+"""Device meshes and the logical-axis rules that place parameters, optimiser state and batches.
+
+Every parameter and large activation of the model carries logical axis names (`embed`, `mlp`,
+`heads`, `batch`, ...). `config.partitioning.rules` maps them to the mesh axes of
+`config.mesh` ("data", "fsdp", "tensor"); flax applies the rules in order and gives a mesh axis
+to at most one dimension of an array, so `batch` (first) takes ("data", "fsdp") on activations,
+while parameters, which have no batch axis, get `embed` on "fsdp" (ZeRO-3 style sharding) and
+their head / MLP / vocabulary axes on "tensor" (Megatron style). Names without a rule, or whose
+mesh axes are taken, are replicated.
+"""
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+)
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """(data, fsdp, tensor) sizes; one of them may be -1: all the devices the others leave."""
+  sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  if -1 in sizes:
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices do not split into {dict(zip(MESH_AXES, sizes))}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                     f"there are {num_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """A mesh over `devices` (default: all of them, every host's) laid out for the interconnect:
+  on TPU, `mesh_utils` keeps the tensor axis within a chip's nearest neighbours."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(mesh_config, len(devices))
+  grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  return Mesh(grid, MESH_AXES)
+
+
+def rules(config: ml_collections.ConfigDict) -> tuple:
+  """The config's rules as ((logical, mesh axes), ...), tuples all the way down."""
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+               for name, axes in config.partitioning.rules)
+
+
+def shardings(logical_specs, mesh: Mesh, axis_rules):
+  """A tree of logical PartitionSpecs -> the tree of NamedShardings."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, axis_rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_state, param_shardings,
+                        mesh: Mesh):
+  """The optimiser state's shardings: moments like their parameters, counters replicated."""
+  return optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_state, param_shardings,
+                               transform_non_params=lambda _: replicated(mesh))
+
+
+def batch_sharding(mesh: Mesh, axis_rules, ndim: int) -> NamedSharding:
+  """Arrays with a leading batch axis: split over the mesh axes `batch` maps to."""
+  if ndim == 0:
+    return replicated(mesh)
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1),
+                                                     axis_rules))
+
+
+def global_batch(batches: dict, mesh: Mesh, axis_rules) -> dict:
+  """This host's numpy batches -> global jax.Arrays sharded along the batch axis: every host
+  contributes its own rows (`jax.make_array_from_process_local_data`)."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          batch_sharding(mesh, axis_rules, np.ndim(x)), np.asarray(x)), batches)

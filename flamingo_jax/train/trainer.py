@@ -1,0 +1,214 @@
+"""The training loop: one program from a CPU to a TPU pod.
+
+`train(config, workdir)`:
+- builds the mesh (`config.mesh`) and places every parameter by its logical axes
+  (`config.partitioning.rules`); the frozen parameters are sharded too, and cast to
+  `config.train.frozen_dtype`;
+- reads the frozen parameters from their source (`config.train.frozen`: "init" draws them from
+  `config.seed`, "checkpoint" reads a `flamingo_jax.save` directory) and trains the others with
+  the config's AdamW, on the config's data mixture (`data.mixtures`);
+- resumes from the latest checkpoint in `<workdir>/checkpoints` when there is one (state, data
+  position, and a check that the frozen parameters are the ones it was trained with);
+- saves every `checkpoint_every` steps (asynchronously), and on SIGTERM (TPU preemption) saves
+  and returns normally;
+- logs losses per task, the learning rate, the gradient norm, every tanh gate, tokens/s and the
+  model FLOPs utilisation to TensorBoard, the console and `<workdir>/metrics.jsonl`.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+
+from absl import logging
+from clu import metric_writers
+import flax.linen as nn
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+
+from flamingo_jax import model_factory
+from flamingo_jax.data import mixtures
+from flamingo_jax.flamingo import trainable as trainable_lib
+from flamingo_jax.train import checkpointing, optimizer, partitioning
+from flamingo_jax.train import step as step_lib
+
+# Peak dense bfloat16 FLOP/s per device, for the MFU estimate; other devices report none.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5": 459e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12,
+              "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12}
+
+
+class Preemption:
+  """Records SIGTERM, so that the loop saves and stops at the end of its step."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+
+
+def gate_values(train_params) -> dict[str, float]:
+  """{"gate/<block>/<attention|ffw>": tanh(alpha)}: how far each gated block has opened.
+  A stacked (scanned) gate gives one entry per layer."""
+  out = {}
+  for path, value in traverse_util.flatten_dict(train_params, sep="/").items():
+    if path.endswith("_gate"):
+      values = np.tanh(np.asarray(jax.device_get(value), np.float32)).reshape(-1)
+      for i, v in enumerate(values):
+        out[f"gate/{path}" + (f"/{i}" if values.size > 1 else "")] = float(v)
+  return out
+
+
+def step_tokens(batches: dict) -> int:
+  """Tokens in one step, all hosts together."""
+  return sum(int(np.prod(b["tokens"].shape)) for b in batches.values()) * jax.process_count()
+
+
+class Trainer:
+  """The mesh, shardings, model, optimiser and compiled steps of one run."""
+
+  def __init__(self, config: ml_collections.ConfigDict, devices=None):
+    self.config = config
+    self.mesh = partitioning.make_mesh(config.mesh, devices)
+    self.rules = partitioning.rules(config)
+    self.model = model_factory.build_model(config)
+    self.tx = optimizer.make_optimizer(config.train.optimizer)
+    self.schedule = optimizer.learning_rate_schedule(config.train.optimizer)
+    patterns = config.model.trainable
+    axes = model_factory.logical_axes(self.model, config)
+    shardings = partitioning.shardings(axes, self.mesh, self.rules)
+    self.param_shardings = shardings
+    self.train_shardings, self.frozen_shardings = trainable_lib.split(shardings, patterns)
+    abstract = model_factory.abstract_params(self.model, config)
+    abstract_train, _ = trainable_lib.split(abstract, patterns)
+    abstract_opt = jax.eval_shape(self.tx.init, abstract_train)
+    self.state_shardings = step_lib.TrainState(
+        step=partitioning.replicated(self.mesh), params=self.train_shardings,
+        opt_state=partitioning.opt_state_shardings(self.tx, abstract_opt, self.train_shardings,
+                                                   self.mesh))
+    self.abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        step_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_train,
+                            opt_state=abstract_opt), self.state_shardings)
+    self._compiled = {}
+
+  @contextlib.contextmanager
+  def context(self):
+    """Where model code traces: logical constraints resolve against this mesh and rules."""
+    with self.mesh, nn.logical_axis_rules(self.rules):
+      yield
+
+  def initial_params(self):
+    """(trainable, frozen) parameters, sharded: from `config.train.frozen`'s source."""
+    config, source = self.config, self.config.train.frozen
+    if source.source == "init":
+      with self.context():
+        params = jax.jit(
+            lambda key: model_factory.init_params(self.model, config, key),
+            out_shardings=self.param_shardings)(jax.random.key(config.seed))
+    elif source.source == "checkpoint":
+      abstract = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+          model_factory.abstract_params(self.model, config), self.param_shardings)
+      with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(os.path.join(source.path, "params"), abstract)
+    else:
+      raise ValueError(f"unknown frozen source {source.source!r}; expected init or checkpoint")
+    train, frozen = trainable_lib.split(params, config.model.trainable)
+    dtype = jnp.dtype(config.train.frozen_dtype)
+    frozen = jax.jit(lambda f: jax.tree.map(lambda x: x.astype(dtype), f),
+                     out_shardings=self.frozen_shardings)(frozen)
+    return train, frozen
+
+  def initial_state(self, train) -> step_lib.TrainState:
+    return jax.jit(lambda p: step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                                 opt_state=self.tx.init(p)),
+                   out_shardings=self.state_shardings)(train)
+
+  def compiled_step(self, state, frozen, batches):
+    """The train step compiled for this batch structure (round robin has one per task), with
+    explicit shardings; (executable, FLOPs per step or None)."""
+    key = jax.tree.structure(batches), tuple(x.shape for x in jax.tree.leaves(batches))
+    if key not in self._compiled:
+      batch_shardings = jax.tree.map(lambda x: x.sharding, batches)
+      step_fn = jax.jit(
+          lambda s, f, b: step_lib.train_step(self.model, self.tx, s, f, b,
+                                              self.config.train.microbatches),
+          in_shardings=(self.state_shardings, self.frozen_shardings, batch_shardings),
+          out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
+          donate_argnums=(0,))
+      with self.context():
+        compiled = step_fn.lower(state, frozen, batches).compile()
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      self._compiled[key] = compiled, (cost or {}).get("flops")
+    return self._compiled[key]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Trains to `config.train.num_steps` (or until SIGTERM); returns the logged metrics."""
+  trainer = Trainer(config)
+  preemption = Preemption()
+  iterator = mixtures.make_iterator(config)
+  checkpoints = checkpointing.manager(
+      os.path.join(workdir, "checkpoints"), config.train.checkpoint_every,
+      config.train.keep_checkpoints, config.train.async_checkpoints)
+  train_params, frozen = trainer.initial_params()
+  frozen_fingerprint = checkpointing.fingerprint(frozen)
+  latest = checkpoints.latest_step()
+  if latest is None:
+    state = trainer.initial_state(train_params)
+  else:
+    state, saved_fingerprint = checkpointing.restore(checkpoints, latest, trainer.abstract_state,
+                                                     iterator)
+    checkpointing.check_fingerprint(saved_fingerprint, frozen)
+    logging.info("Resumed from step %d", latest)
+  del train_params
+
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  history, first = [], int(jax.device_get(state.step))
+  peak = PEAK_FLOPS.get(jax.devices()[0].device_kind)
+  progress = tqdm.tqdm(total=config.train.num_steps, initial=first, disable=not is_chief,
+                       desc="train", dynamic_ncols=True)
+  last_time, last_step = time.perf_counter(), first
+  for step in range(first, config.train.num_steps):
+    batches = partitioning.global_batch(next(iterator), trainer.mesh, trainer.rules)
+    executable, flops = trainer.compiled_step(state, frozen, batches)
+    state, metrics = executable(state, frozen, batches)
+    done = step + 1
+    progress.update(1)
+    if done % config.train.log_every == 0 or done == config.train.num_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      now = time.perf_counter()
+      seconds = (now - last_time) / (done - last_step)
+      last_time, last_step = now, done
+      metrics.update(learning_rate=float(trainer.schedule(step)), step_seconds=seconds,
+                     tokens_per_second=step_tokens(batches) / seconds,
+                     **gate_values(state.params))
+      if flops and peak:
+        metrics["mfu"] = flops / seconds / (peak * jax.device_count())
+      writer.write_scalars(done, metrics)
+      progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+      history.append({"step": done, **metrics})
+      if is_chief:
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+          f.write(json.dumps(history[-1]) + "\n")
+    stop = preemption.requested.is_set()
+    checkpointing.save(checkpoints, done, state, iterator, config, frozen_fingerprint,
+                       force=stop or done == config.train.num_steps)
+    if stop:
+      logging.warning("SIGTERM: saved step %d, stopping", done)
+      break
+  progress.close()
+  checkpoints.wait_until_finished()
+  checkpoints.close()
+  writer.flush()
+  logging.info("%s", iterator.report())
+  return history
