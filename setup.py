@@ -25,6 +25,9 @@ setuptools.setup(
         "tensorflow-cpu",
         "tensorflow-text",
         "tensorflow-datasets",
+        "clu",  # Metric writers: TensorBoard and the console.
+        "tensorboard",
+        "tqdm",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3"],

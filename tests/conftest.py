@@ -1,8 +1,14 @@
 """Shared fixtures: the tiny config and a model built from it."""
 
+import os
 import pathlib
 
-import jax
+# Eight CPU devices, so that meshes and sharding are tested on this machine. Set before JAX
+# starts; a test that uses no mesh runs on the first device as before.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import jax  # pylint: disable=g-import-not-at-top
 import pytest
 
 import flamingo_jax

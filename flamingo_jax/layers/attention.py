@@ -68,6 +68,35 @@ def dot_product_attention(q, k, v, mask, bias=None):
   return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, lq, h, dh)
 
 
+class Projection(nn.Module):
+  """x [..., *in] -> x . kernel [*in, *features] (+ bias [*features]), every kernel dimension
+  named by `axes`.
+
+  flax's DenseGeneral would do, but it initialises a flattened 2-D kernel, which a logical
+  sharding constraint of the true rank rejects under a mesh. Same initial values: LeCun normal
+  with fan-in the product of the input dimensions.
+  """
+  features: tuple[int, ...]
+  axes: tuple[str, ...]
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    num_in = len(self.axes) - len(self.features)
+    fan = tuple(range(len(self.axes)))
+    init = nn.initializers.lecun_normal(in_axis=fan[:num_in], out_axis=fan[num_in:])
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
+                        x.shape[x.ndim - num_in:] + tuple(self.features), self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=num_in)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, self.axes[num_in:]), tuple(self.features), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 class MultiHeadAttention(nn.Module):
   """Attention of `inputs_q` over `inputs_kv` (the same array for self-attention).
 
@@ -86,12 +115,8 @@ class MultiHeadAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   def _proj(self, heads, axes, use_bias, name):
-    return nn.DenseGeneral(
-        (heads, self.head_dim), use_bias=use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-        name=name)
+    return Projection((heads, self.head_dim), axes, use_bias, self.dtype, self.param_dtype,
+                      name=name)
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask, q_positions=None, kv_positions=None,
@@ -128,13 +153,8 @@ class MultiHeadAttention(nn.Module):
 
     out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, bias)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    out = nn.DenseGeneral(
-        inputs_q.shape[-1], axis=(-2, -1), use_bias=self.out_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="out")(out)
+    out = Projection((inputs_q.shape[-1],), ("heads", "kv", "embed"), self.out_bias, self.dtype,
+                     self.param_dtype, name="out")(out)
     return out, new_cache
 
   def _relative_position_terms(self, q, q_positions, kv_positions, model_dim):

@@ -59,9 +59,23 @@ def rules(config: ml_collections.ConfigDict) -> tuple:
                for name, axes in config.partitioning.rules)
 
 
-def shardings(logical_specs, mesh: Mesh, axis_rules):
-  """A tree of logical PartitionSpecs -> the tree of NamedShardings."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, axis_rules)
+def divisible_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+  """`spec` with the mesh axes dropped from dimensions they do not divide (a 50,257-token
+  vocabulary on 2-way tensor parallelism): those dimensions are replicated instead."""
+  def fits(axes, size):
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return size % int(np.prod([mesh.shape[a] for a in axes])) == 0
+  return PartitionSpec(*(axes if axes is None or fits(axes, size) else None
+                         for axes, size in zip(spec, shape)))
+
+
+def shardings(logical_specs, abstract, mesh: Mesh, axis_rules):
+  """Trees of logical PartitionSpecs and of arrays (or their shapes) -> the tree of
+  NamedShardings, replicating dimensions the mesh axes do not divide."""
+  mesh_specs = nn.logical_to_mesh(logical_specs, axis_rules)
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, divisible_spec(spec, x.shape, mesh)),
+      mesh_specs, abstract, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

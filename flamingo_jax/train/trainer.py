@@ -82,10 +82,10 @@ class Trainer:
     self.schedule = optimizer.learning_rate_schedule(config.train.optimizer)
     patterns = config.model.trainable
     axes = model_factory.logical_axes(self.model, config)
-    shardings = partitioning.shardings(axes, self.mesh, self.rules)
+    abstract = model_factory.abstract_params(self.model, config)
+    shardings = partitioning.shardings(axes, abstract, self.mesh, self.rules)
     self.param_shardings = shardings
     self.train_shardings, self.frozen_shardings = trainable_lib.split(shardings, patterns)
-    abstract = model_factory.abstract_params(self.model, config)
     abstract_train, _ = trainable_lib.split(abstract, patterns)
     abstract_opt = jax.eval_shape(self.tx.init, abstract_train)
     self.state_shardings = step_lib.TrainState(
@@ -101,7 +101,7 @@ class Trainer:
   @contextlib.contextmanager
   def context(self):
     """Where model code traces: logical constraints resolve against this mesh and rules."""
-    with self.mesh, nn.logical_axis_rules(self.rules):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
   def initial_params(self):
@@ -109,9 +109,8 @@ class Trainer:
     config, source = self.config, self.config.train.frozen
     if source.source == "init":
       with self.context():
-        params = jax.jit(
-            lambda key: model_factory.init_params(self.model, config, key),
-            out_shardings=self.param_shardings)(jax.random.key(config.seed))
+        params = jax.jit(lambda key: model_factory.init_params(self.model, config, key),
+                         out_shardings=self.param_shardings)(jax.random.key(config.seed))
     elif source.source == "checkpoint":
       abstract = jax.tree.map(
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
