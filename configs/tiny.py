@@ -40,5 +40,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.update(training_sections(num_steps=300, log_every=10, checkpoint_every=100,
                                   frozen_dtype="float32"))
   config.train.optimizer.warmup_steps = 20
-  config.train.optimizer.learning_rate = 1e-3
+  config.train.optimizer.learning_rate = 3e-3
   return config

@@ -150,9 +150,10 @@ class Trainer:
     return self._compiled[key]
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Trains to `config.train.num_steps` (or until SIGTERM); returns the logged metrics."""
-  trainer = Trainer(config)
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list[dict]:
+  """Trains to `config.train.num_steps` (or until SIGTERM) on `devices` (default: all);
+  returns the logged metrics."""
+  trainer = Trainer(config, devices)
   preemption = Preemption()
   iterator = mixtures.make_iterator(config)
   checkpoints = checkpointing.manager(
