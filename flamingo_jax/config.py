@@ -108,6 +108,27 @@ def nfnet_vision(variant: str = "F6", image_size: int = 320) -> dict:
   return dict(kind="nfnet", variant=variant, image_size=image_size)
 
 
+def paper_data() -> ml_collections.ConfigDict:
+  """The paper's mixture (section 2.4, appendix A.3): M3W pages, ALIGN and LTIP image-text pairs
+  and VTP video-text pairs with their loss weights, the 3B ablations' batch sizes, 256-token M3W
+  windows with up to 5 images, 32- and 64-token pairs, 8-frame clips.
+
+  These datasets are not public: register yours under these names (`data.tasks.register`, a
+  module in `task_modules`) or give each task a `kind` and a `source` here, and set
+  `vocabulary` to the LM's SentencePiece model.
+  """
+  return ml_collections.ConfigDict(dict(
+      vocabulary="", strategy="accumulate", seed=0, split="train", task_modules=(),
+      synthetic=None,
+      tasks={
+          "m3w": dict(weight=1.0, batch_size=256, max_length=256, max_images=5),
+          "align": dict(weight=0.2, batch_size=512, max_length=32, max_images=1),
+          "ltip": dict(weight=0.2, batch_size=512, max_length=64, max_images=1),
+          "vtp": dict(weight=0.03, batch_size=64, max_length=32, max_images=1, kind="video",
+                      media=dict(num_frames=8, fps=1.0)),
+      }))
+
+
 def paper_config(lm: dict, xattn_every: int) -> ml_collections.ConfigDict:
   """A Flamingo size of the paper: frozen NFNet-F6 at 320 px, the 194M resampler, gated blocks
   before every `xattn_every`-th block of the frozen `lm`, bfloat16 activations."""
@@ -115,5 +136,6 @@ def paper_config(lm: dict, xattn_every: int) -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = model_config(vision=nfnet_vision("F6", 320), lm=lm, resampler={},
                               xattn=dict(every=xattn_every), dtype="bfloat16")
+  config.data = paper_data()
   config.update(training_sections())
   return config

@@ -123,3 +123,25 @@ def test_weight_decay_skips_norms_gates_biases_and_the_resampler():
   assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(float(schedule(2500)), 5e-5, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(400_000)), 1e-4, rtol=1e-6)
+  cosine = optimizer.default_optimizer_config()
+  cosine.update(dict(decay="cosine", decay_steps=10_000, final_fraction=0.1))
+  schedule = optimizer.learning_rate_schedule(cosine)
+  np.testing.assert_allclose(float(schedule(5000)), 1e-4, rtol=1e-6)  # Peak after warm-up,
+  np.testing.assert_allclose(float(schedule(10_000)), 5.5e-5, rtol=1e-5)  # half way down,
+  np.testing.assert_allclose(float(schedule(15_000)), 1e-5, rtol=1e-5)  # then the floor.
+
+
+def test_microbatches_add_up_to_the_whole_batch(tiny_config, tiny_model):
+  model, params = tiny_model
+  params = jax.tree_util.tree_map_with_path(  # Open gates: every trainable leaf gets a gradient.
+      lambda p, x: jnp.full_like(x, 0.5) if jax.tree_util.keystr(p).endswith("_gate']") else x,
+      params)
+  train, frozen = trainable.split(params, tiny_config.model.trainable)
+  doc = make_batch(tiny_config)
+  short = {**doc, "weights": doc["weights"].at[0, 5:].set(0.0)}  # Rows of unequal token counts.
+  batches = {"doc": {**doc, "loss_weight": jnp.float32(1.0)},
+             "short": {**short, "loss_weight": jnp.float32(0.2)}}
+  whole = jax.jit(lambda t: step_lib.loss_and_grads(model, t, frozen, batches))(train)
+  sliced = jax.jit(lambda t: step_lib.loss_and_grads(model, t, frozen, batches, 2))(train)
+  # Equal up to float summation order.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), whole, sliced)

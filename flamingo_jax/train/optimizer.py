@@ -1,6 +1,7 @@
 """The paper's optimiser (appendix B.1.2): AdamW, global-norm clipping at 1.0, weight decay 0.1
 except on the resampler, learning rate warmed up linearly from 0 to 1e-4 over 5,000 steps and
-then constant. It only ever sees the trainable parameters."""
+then constant (`decay` "cosine" or "linear" decays it instead, to `final_fraction` of the peak
+over `decay_steps`). It only ever sees the trainable parameters."""
 
 import re
 
@@ -12,7 +13,8 @@ import optax
 def default_optimizer_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
-      clip_norm=1.0, no_decay=(r"^resampler/",)))
+      clip_norm=1.0, no_decay=(r"^resampler/",), decay="constant", decay_steps=0,
+      final_fraction=0.0))
 
 
 def decay_mask(params, no_decay_patterns):
@@ -25,9 +27,18 @@ def decay_mask(params, no_decay_patterns):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  peak, final = config.learning_rate, config.learning_rate * config.final_fraction
+  after = {
+      "constant": lambda: optax.constant_schedule(peak),
+      "cosine": lambda: optax.cosine_decay_schedule(peak, config.decay_steps,
+                                                    config.final_fraction),
+      "linear": lambda: optax.linear_schedule(peak, final, config.decay_steps),
+  }
+  if config.decay not in after:
+    raise ValueError(f"unknown decay {config.decay!r}; choose from {sorted(after)}")
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
-       optax.constant_schedule(config.learning_rate)], [config.warmup_steps])
+      [optax.linear_schedule(0.0, peak, config.warmup_steps), after[config.decay]()],
+      [config.warmup_steps])
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

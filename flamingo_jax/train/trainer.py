@@ -192,8 +192,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list
       metrics.update(learning_rate=float(trainer.schedule(step)), step_seconds=seconds,
                      tokens_per_second=step_tokens(batches) / seconds,
                      **gate_values(state.params))
-      if flops and peak:
-        metrics["mfu"] = flops / seconds / (peak * jax.device_count())
+      if flops and peak:  # The compiled program is one chip's: its FLOPs are per chip.
+        metrics["mfu"] = flops / seconds / peak
       writer.write_scalars(done, metrics)
       progress.set_postfix(loss=f"{metrics['loss']:.4f}")
       history.append({"step": done, **metrics})

@@ -1,0 +1,98 @@
+"""Compile the real train step for a TPU topology on this machine (libtpu, no TPU needed), so a
+pod plan is checked before it is paid for:
+
+  python -m flamingo_jax.train.aot --config=configs/flamingo_80b.py --topology=v5p:8x8x8
+
+Prints the mesh, the per-chip memory the compiled step needs (parameters, optimiser state and
+batch shards as arguments, plus temporaries) against the chip's HBM, the FLOPs of one step and
+the compile time. Nothing is allocated: parameters, state and batches are abstract, with the
+shardings training would give them. Needs `pip install "jax[tpu]"` at the installed jax version.
+"""
+
+import time
+
+from absl import app, flags
+import jax
+from jax.experimental import topologies
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from flamingo_jax import model_factory
+from flamingo_jax.flamingo import trainable as trainable_lib
+from flamingo_jax.train import partitioning, trainer as trainer_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.DEFINE_string("topology", "v5p:8x8x8", "TPU topology name, e.g. v5p:8x8x8, v4:4x4x4.")
+flags.mark_flags_as_required(["config"])
+
+HBM_BYTES = {"TPU v4": 32 << 30, "TPU v5": 95 << 30, "TPU v5p": 95 << 30,
+             "TPU v5 lite": 16 << 30, "TPU v6 lite": 32 << 30}
+
+
+def abstract_batches(config: ml_collections.ConfigDict, trainer) -> dict:
+  """One accumulate step's global batches as sharded ShapeDtypeStructs: every task of
+  `config.data.tasks` at its batch size and lengths; video tasks at `media.num_frames`."""
+  size = config.model.vision.image_size
+  batches = {}
+  for name, task in config.data.tasks.items():
+    frames = task.media.num_frames if task.get("kind") == "video" else 1
+    shapes = {
+        "images": ((task.batch_size, task.max_images, frames, size, size, 3), jnp.float32),
+        "tokens": ((task.batch_size, task.max_length), jnp.int32),
+        "targets": ((task.batch_size, task.max_length), jnp.int32),
+        "weights": ((task.batch_size, task.max_length), jnp.float32),
+        "loss_weight": ((), jnp.float32)}
+    batches[name] = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(
+        trainer.mesh, trainer.rules, len(shape))) for k, (shape, dtype) in shapes.items()}
+  return batches
+
+
+def compile_step(config: ml_collections.ConfigDict, devices):
+  """(trainer, compiled step, FLOPs, seconds to compile) on `devices` (a topology's)."""
+  trainer = trainer_lib.Trainer(config, devices)
+  abstract = model_factory.abstract_params(trainer.model, config)
+  _, frozen = trainable_lib.split(abstract, config.model.trainable)
+  dtype = jnp.dtype(config.train.frozen_dtype)
+  frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s),
+                        frozen, trainer.frozen_shardings)
+  start = time.perf_counter()
+  compiled, flops = trainer.compiled_step(trainer.abstract_state, frozen,
+                                          abstract_batches(config, trainer))
+  return trainer, compiled, flops, time.perf_counter() - start
+
+
+def report(config: ml_collections.ConfigDict, topology: str) -> str:
+  devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+  trainer, compiled, flops, seconds = compile_step(config, devices)
+  memory = compiled.memory_analysis()
+  per_chip = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+              - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+  kind = devices[0].device_kind
+  hbm = HBM_BYTES.get(kind)
+  params = sum(x.size for x in jax.tree.leaves(model_factory.abstract_params(trainer.model,
+                                                                              config)))
+  tokens = sum(t.batch_size * t.max_length for t in config.data.tasks.values())
+  gib = lambda b: f"{b / 2**30:.2f} GiB"
+  lines = [
+      f"topology {topology}: {len(devices)} x {kind}",
+      f"mesh {dict(trainer.mesh.shape)}",
+      f"parameters {params / 1e9:.2f}B; one step: {len(config.data.tasks)} batches, "
+      f"{tokens} tokens, microbatches {config.train.microbatches}",
+      f"compiled in {seconds:.0f} s",
+      f"per chip: arguments {gib(memory.argument_size_in_bytes)}, temporaries "
+      f"{gib(memory.temp_size_in_bytes)}, total {gib(per_chip)}"
+      + (f" of {gib(hbm)} HBM ({per_chip / hbm:.0%})" if hbm else ""),
+      f"FLOPs per step per chip {flops:.3e}" if flops else "FLOPs: not reported",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  print(report(FLAGS.config, FLAGS.topology))
+
+
+if __name__ == "__main__":
+  app.run(main)
