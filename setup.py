@@ -30,6 +30,8 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3"],
+        # libtpu, for compiling TPU programs ahead of time on any machine (train/aot.py).
+        "tpu": ["jax[tpu]"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]"],
     },
 )

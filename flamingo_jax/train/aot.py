@@ -9,6 +9,7 @@ the compile time. Nothing is allocated: parameters, state and batches are abstra
 shardings training would give them. Needs `pip install "jax[tpu]"` at the installed jax version.
 """
 
+import os
 import time
 
 from absl import app, flags
@@ -26,6 +27,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("topology", "v5p:8x8x8", "TPU topology name, e.g. v5p:8x8x8, v4:4x4x4.")
 flags.mark_flags_as_required(["config"])
+
+# Compiling needs no TPU, so libtpu's one-process-per-host lock would only stop a second check
+# (or a test) running beside the first.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 HBM_BYTES = {"TPU v4": 32 << 30, "TPU v5": 95 << 30, "TPU v5p": 95 << 30,
              "TPU v5 lite": 16 << 30, "TPU v6 lite": 32 << 30}
