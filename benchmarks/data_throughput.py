@@ -90,7 +90,7 @@ def main(argv):
   del argv
   rng = np.random.default_rng(0)
   print(f"{os.cpu_count()} CPUs, {FLAGS.image_size} px, batch {FLAGS.batch_size}")
-  print(f"| kind | format | examples/s | images/s |\n| --- | --- | --- | --- |")
+  print("| kind | format | examples/s | images/s |\n| --- | --- | --- | --- |")
   with tempfile.TemporaryDirectory() as folder:
     for (kind, fmt), source in write_formats(folder, FLAGS.num_examples, rng).items():
       rate = examples_per_second(f"bench_{kind}_{fmt}", kind, source, FLAGS.num_examples)

@@ -8,7 +8,6 @@ import tarfile
 
 import av
 import numpy as np
-import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
