@@ -40,18 +40,23 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
 
 def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
-                 dtype: str = "float32",
-                 image_preprocessing: dict | None = None) -> ml_collections.ConfigDict:
+                 dtype: str = "float32", image_preprocessing: dict | None = None,
+                 remat: str = "none", scan_layers: bool = False) -> ml_collections.ConfigDict:
   """The `model` section: paper defaults for the resampler and gated blocks, overridden by args.
 
   lm: LMConfig fields (flamingo_jax.lm.LMConfig); vision: `kind` plus the encoder's fields;
   image_preprocessing: {resize, mean, std}, by default the usual one of the tower's kind (CLIP's
   for a ViT; SigLIP towers want SIGLIP_PREPROCESSING). `<image>` and `<EOC>` get the first two
-  ids after the LM's vocabulary.
+  ids after the LM's vocabulary. remat: "none" | "full" | "dots", the rematerialisation of every
+  gated and LM block (flamingo_jax.layers.remat); scan_layers: run the repeating units of the
+  layer stack as one nn.scan, which compiles deep models much faster but changes the parameter
+  layout (flamingo_jax.flamingo.scan).
   """
   c = ml_collections.ConfigDict()
   c.dtype = dtype
   c.param_dtype = "float32"
+  c.remat = remat
+  c.scan_layers = scan_layers
   c.vision = ml_collections.ConfigDict(vision)
   c.image_preprocessing = ml_collections.ConfigDict(
       image_preprocessing or DEFAULT_PREPROCESSING[vision["kind"]])
@@ -129,13 +134,16 @@ def paper_data() -> ml_collections.ConfigDict:
       }))
 
 
-def paper_config(lm: dict, xattn_every: int) -> ml_collections.ConfigDict:
+def paper_config(lm: dict, xattn_every: int, mesh: dict | None = None) -> ml_collections.ConfigDict:
   """A Flamingo size of the paper: frozen NFNet-F6 at 320 px, the 194M resampler, gated blocks
-  before every `xattn_every`-th block of the frozen `lm`, bfloat16 activations."""
+  before every `xattn_every`-th block of the frozen `lm`, bfloat16 activations; scanned layers
+  and fully rematerialised blocks, so that the deep LMs compile quickly and fit in memory;
+  `mesh` as in `training_sections` (default: data parallel)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = model_config(vision=nfnet_vision("F6", 320), lm=lm, resampler={},
-                              xattn=dict(every=xattn_every), dtype="bfloat16")
+                              xattn=dict(every=xattn_every), dtype="bfloat16", remat="full",
+                              scan_layers=True)
   config.data = paper_data()
-  config.update(training_sections())
+  config.update(training_sections(mesh))
   return config

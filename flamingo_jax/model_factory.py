@@ -12,6 +12,13 @@ def build_model(config: ml_collections.ConfigDict) -> Flamingo:
   return Flamingo(ml_collections.FrozenConfigDict(config.model))
 
 
+def unscanned(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with its layer stack unrolled: the parameter layout checkpoints are stored in."""
+  config = config.copy_and_resolve_references()
+  config.model.scan_layers = False
+  return config
+
+
 def example_inputs(config: ml_collections.ConfigDict, batch: int = 1, num_media: int = 1,
                    num_frames: int = 1, length: int = 4):
   """Zero images [B, M, T, H, W, 3] and tokens [B, L] starting with `<image>`: init shapes."""

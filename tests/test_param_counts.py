@@ -1,11 +1,15 @@
 """Parameter counts of the paper's configurations, from shapes alone (jax.eval_shape)."""
 
+import functools
+
 import jax
 from jax.sharding import PartitionSpec
 import pytest
 
 import flamingo_jax
 from flamingo_jax.flamingo import trainable
+from flamingo_jax.flamingo.model import xattn_layer_indices
+from flamingo_jax.flamingo.scan import unstack_layers
 from flamingo_jax.model_factory import abstract_params, build_model, logical_axes
 
 from conftest import REPO
@@ -38,11 +42,18 @@ def test_resampler_is_the_papers_194m(shapes):
 
 
 def test_trainable_parts_are_resampler_gated_blocks_and_new_tokens(shapes):
+  """The paper configs scan their layers: the rule selects the same parameters in the scanned
+  layout as in the unscanned one, where every gated block is its own subtree."""
   _, config, params = shapes
   train, frozen = trainable.split(params, config.model.trainable)
-  assert set(train) == {"resampler", "lm"} | {k for k in params if k.startswith("gated_xattn_")}
-  assert set(train["lm"]) == {"extra_embedding", "extra_unembedding"}
+  unscanned = jax.eval_shape(functools.partial(unstack_layers, model_config=config.model), params)
+  unscanned_train, unscanned_frozen = trainable.split(unscanned, config.model.trainable)
+  gated = {f"gated_xattn_{k}" for k in range(len(xattn_layer_indices(config.model)))}
+  assert set(unscanned_train) == {"resampler", "lm"} | gated
+  assert set(unscanned_train["lm"]) == {"extra_embedding", "extra_unembedding"}
+  assert set(train.get("scanned", {})) <= {"gated_xattn"}
   assert "vision_encoder" in frozen and "embedder" in frozen["lm"]
+  assert count(train) == count(unscanned_train) and count(frozen) == count(unscanned_frozen)
   assert count(train) + count(frozen) == count(params)
 
 

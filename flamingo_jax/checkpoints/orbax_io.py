@@ -1,7 +1,9 @@
 """A Flamingo checkpoint directory: `params/` (orbax) and `config.json` (the resolved config).
 
 Every directory this library writes, by training or by conversion, has this layout, so
-`flamingo_jax.load` reads any of them.
+`flamingo_jax.load` reads any of them. The parameters are stored unscanned (one subtree per
+block, flamingo_jax.flamingo.scan), whatever `config.model.scan_layers` says, so that a
+checkpoint loads into a model with either layout.
 """
 
 import json
@@ -10,19 +12,21 @@ import pathlib
 import ml_collections
 import orbax.checkpoint as ocp
 
-from flamingo_jax.model_factory import abstract_params, build_model
+from flamingo_jax.flamingo.scan import stack_layers, unstack_layers
+from flamingo_jax.model_factory import abstract_params, build_model, unscanned
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
 def save(directory, params, config: ml_collections.ConfigDict) -> pathlib.Path:
-  """Writes params and the resolved config to `directory` (created; must not hold params)."""
+  """Writes params (in the layout of `config`) and the resolved config to `directory` (created;
+  must not hold params)."""
   directory = pathlib.Path(directory).resolve()
   directory.mkdir(parents=True, exist_ok=True)
   (directory / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(directory / PARAMS_DIR, params)
+    checkpointer.save(directory / PARAMS_DIR, unstack_layers(params, config.model))
   return directory
 
 
@@ -33,11 +37,17 @@ def load_config_json(directory) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def load(directory):
-  """(model, params, config) from a directory written by `save`."""
-  directory = pathlib.Path(directory).resolve()
-  config = load_config_json(directory)
-  model = build_model(config)
+def restore_unscanned(directory, abstract):
+  """The unscanned parameters of a `save` directory; abstract: their tree of
+  ShapeDtypeStructs, whose shardings (if any) place them."""
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(directory / PARAMS_DIR, abstract_params(model, config))
-  return model, params, config
+    return checkpointer.restore(pathlib.Path(directory).resolve() / PARAMS_DIR, abstract)
+
+
+def load(directory):
+  """(model, params, config) from a directory written by `save`; params in the layout of the
+  stored config."""
+  config = load_config_json(directory)
+  flat = unscanned(config)
+  params = restore_unscanned(directory, abstract_params(build_model(flat), flat))
+  return build_model(config), stack_layers(params, config.model), config

@@ -6,6 +6,10 @@ tokens [B, L] (with `<image>` and `<EOC>`) --LM + gated xattn--> logits [B, L, V
 
 Media and the `<image>` positions flow through the arguments of every call; nothing is stored in
 the modules between calls (unlike OpenFlamingo's "condition the layers first").
+
+`config.remat` rematerialises every gated and LM block; `config.scan_layers` runs the repeating
+units of one gated block and `every` LM blocks as one `nn.scan` (see flamingo/scan.py for the
+layout and the parameter conversion).
 """
 
 import chex
@@ -19,8 +23,11 @@ import numpy as np
 from flamingo_jax.flamingo.gated_xattn import GatedCrossAttentionBlock
 from flamingo_jax.flamingo.masking import cross_attention_mask, media_index
 from flamingo_jax.flamingo.resampler import PerceiverResampler
-from flamingo_jax.lm.model import (DecodeState, DecoderLM, LMConfig, advance,
-                                   attention_positions, default_positions, layer_cache)
+from flamingo_jax.flamingo.scan import SCANNED, Layout
+from flamingo_jax.layers.attention import KVCache
+from flamingo_jax.layers.remat import remat
+from flamingo_jax.lm.model import (DecodeState, DecoderBlock, DecoderLM, LMConfig, advance,
+                                   attention_positions, default_positions)
 from flamingo_jax.vision import make_vision_encoder
 
 NUM_SPECIAL_TOKENS = 2  # <image>, <EOC>
@@ -37,20 +44,64 @@ def xattn_layer_indices(model_config) -> tuple[int, ...]:
   The paper inserts them starting from the first block (`start=0`); OpenFlamingo places one
   before blocks every-1, 2*every-1, ... (`start=every-1`).
   """
+  return tuple(Layout.of(model_config).gated)
+
+
+def dtypes(model_config) -> tuple[jnp.dtype, jnp.dtype]:
+  """(activation dtype, parameter dtype)."""
+  return jnp.dtype(model_config.dtype), jnp.dtype(model_config.param_dtype)
+
+
+def gated_block(model_config, name: str | None = None) -> GatedCrossAttentionBlock:
+  """A GATED XATTN-DENSE block of the config, rematerialised as `remat` says."""
   x = model_config.xattn
-  return tuple(range(x.start, model_config.lm.num_layers, x.every))
+  dtype, param_dtype = dtypes(model_config)
+  return remat(GatedCrossAttentionBlock, model_config.remat)(
+      num_heads=x.num_heads, head_dim=x.head_dim, mlp_ratio=x.mlp_ratio, activation=x.activation,
+      kv_norm=x.kv_norm, norm_eps=x.norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 @flax.struct.dataclass
 class FlamingoDecodeState:
-  """The LM's decode state plus the number of media each sequence has seen ([B] int32)."""
+  """What Flamingo's decoding carries between calls.
+
+  lm: the LM's state, with the caches of the LM blocks that run one by one; scanned: one
+  KVCache [U, B, S, K, Dh] per LM block of a scanned unit (empty without `scan_layers`);
+  media_count: [B] int32, the number of media each sequence has seen.
+  """
   lm: DecodeState
+  scanned: tuple[KVCache, ...]
   media_count: jax.Array
 
   @classmethod
   def zeros(cls, model_config, batch: int, length: int, dtype=jnp.float32):
-    return cls(lm=DecodeState.zeros(lm_config(model_config), batch, length, dtype),
+    layout, lm = Layout.of(model_config), lm_config(model_config)
+    cache = KVCache.zeros(batch, length, lm.kv_heads, lm.dh, dtype)
+    stacked = jax.tree.map(lambda a: jnp.zeros((layout.num_scanned, *a.shape), a.dtype), cache)
+    return cls(lm=DecodeState.zeros(lm, batch, length, dtype, layout.unscanned),
+               scanned=(stacked,) * layout.every if layout.num_scanned else (),
                media_count=jnp.zeros((batch,), jnp.int32))
+
+
+class FlamingoUnit(nn.Module):
+  """One gated block, then `xattn.every` LM blocks: the body of the layer scan.
+
+  x: [B, L, D], the scan's carry; caches: one KVCache [B, S, K, Dh] per LM block, or None;
+  the rest as in `Flamingo.decode`, the same for every unit. Returns (x, the advanced caches).
+  """
+  config: ml_collections.FrozenConfigDict
+
+  @nn.compact
+  def __call__(self, x, caches, visual, xmask, q_positions, kv_positions, mask, cache_index):
+    c = self.config
+    block = remat(DecoderBlock, c.remat)
+    x = gated_block(c, name="gated_xattn")(x, visual, xmask)
+    new_caches = []
+    for j in range(c.xattn.every):
+      x, cache = block(lm_config(c), *dtypes(c), name=f"layers_{j}")(
+          x, q_positions, kv_positions, mask, None if caches is None else caches[j], cache_index)
+      new_caches.append(cache)
+    return x, tuple(new_caches)
 
 
 def check_media_count(tokens, num_media: int, media_token_id: int) -> None:
@@ -76,17 +127,19 @@ class Flamingo(nn.Module):
 
   def setup(self):
     c = self.config
-    dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    dtype, param_dtype = dtypes(c)
     self.vision_encoder = make_vision_encoder(c.vision, dtype, param_dtype)
     self.resampler = PerceiverResampler(**c.resampler, dtype=dtype, param_dtype=param_dtype)
-    self.lm = DecoderLM(lm_config(c), dtype, param_dtype)
-    x = c.xattn
-    self.gated_xattn = [
-        GatedCrossAttentionBlock(
-            num_heads=x.num_heads, head_dim=x.head_dim,
-            mlp_ratio=x.mlp_ratio, activation=x.activation, kv_norm=x.kv_norm,
-            norm_eps=x.norm_eps, dtype=dtype, param_dtype=param_dtype)
-        for _ in xattn_layer_indices(c)]
+    # Blocks that the layer scan runs are set up here too, but only those called get parameters.
+    self.lm = DecoderLM(lm_config(c), dtype, param_dtype, c.remat)
+    self.gated_xattn = [gated_block(c) for _ in xattn_layer_indices(c)]
+    layout = Layout.of(c)
+    if layout.num_scanned:
+      broadcast = (nn.broadcast,) * 6  # visual, xmask, q / kv positions, mask, cache index.
+      self.scanned = nn.scan(
+          FlamingoUnit, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, *broadcast), length=layout.num_scanned,
+          metadata_params={nn.PARTITION_NAME: "layers"})(c, name=SCANNED)
 
   def encode_media(self, images):
     """images [B, M, T, H, W, 3] -> visual tokens [B, M, R, D]."""
@@ -112,20 +165,23 @@ class Flamingo(nn.Module):
     visual = nn.with_logical_constraint(visual.reshape(b, m * r, d), ("batch", "media", "embed"))
     lm_state = None if state is None else state.lm
     q_pos, kv_pos, mask = attention_positions(positions, lm_state)
+    layout = Layout.of(c)
 
     x = self.lm.embed(tokens, positions)
-    gated = dict(zip(xattn_layer_indices(c), self.gated_xattn))
-    caches = []
-    for i in range(c.lm.num_layers):
-      if i in gated:
-        x = gated[i](x, visual, xmask)
-      x, cache = self.lm.block(i, x, q_pos, kv_pos, mask, *layer_cache(lm_state, i))
-      caches.append(cache)
+    x, caches = self.lm.blocks(layout.prefix, x, q_pos, kv_pos, mask, lm_state)
+    scanned = ()
+    if layout.num_scanned:
+      x, scanned = self.scanned(x, None if state is None else state.scanned, visual, xmask,
+                                q_pos, kv_pos, mask, None if state is None else lm_state.index)
+    for k in range(layout.num_scanned, len(layout.gated)):
+      x = self.gated_xattn[k](x, visual, xmask)
+      x, unit_caches = self.lm.blocks(layout.unit(k), x, q_pos, kv_pos, mask, lm_state)
+      caches.update(unit_caches)
     logits = self.lm.head(x)
     if state is None:
       return logits
     return logits, FlamingoDecodeState(lm=advance(lm_state, caches, kv_pos, tokens.shape[1]),
-                                       media_count=index[:, -1] + 1)
+                                       scanned=scanned, media_count=index[:, -1] + 1)
 
   def __call__(self, images, tokens, positions=None):
     """images [B, M, T, H, W, 3] float32, tokens [B, L] int32 -> logits [B, L, V] float32."""

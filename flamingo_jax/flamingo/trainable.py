@@ -1,7 +1,8 @@
 """The one rule that separates trainable from frozen parameters, by path.
 
-Paths are '/'-joined keys of the parameter tree, e.g. 'gated_xattn_3/attention/query/kernel'.
-Gradients and optimiser state exist for the trainable part only.
+Paths are '/'-joined keys of the parameter tree, e.g. 'gated_xattn_3/attention/query/kernel', or
+'scanned/gated_xattn/attention/query/kernel' for the gated blocks of scanned layers
+(flamingo_jax.flamingo.scan). Gradients and optimiser state exist for the trainable part only.
 """
 
 import re
@@ -9,8 +10,9 @@ from collections.abc import Sequence
 
 from flax import traverse_util
 
-# The paper trains the resampler, the gated cross-attention blocks and the new token rows.
-DEFAULT_TRAINABLE = (r"^resampler/", r"^gated_xattn_\d+/", r"^lm/extra_")
+# The paper trains the resampler, the gated cross-attention blocks (one by one or scanned) and
+# the new token rows.
+DEFAULT_TRAINABLE = (r"^resampler/", r"^gated_xattn_\d+/", r"^scanned/gated_xattn/", r"^lm/extra_")
 
 
 def is_trainable(path: str, patterns: Sequence[str] = DEFAULT_TRAINABLE) -> bool:

@@ -3,7 +3,7 @@ SwiGLU, grouped-query attention, optional QKV bias, tied or untied embeddings), 
 models (LayerNorm, learned positions, GELU MLP, biases), GPT-NeoX (parallel residual, partial
 rotary) and Chinchilla (RMSNorm, Transformer-XL relative positions, GELU MLP).
 
-The LM exposes its pieces (`embed`, `block`, `head`) so that Flamingo can interleave its gated
+The LM exposes its pieces (`embed`, `blocks`, `head`) so that Flamingo can interleave its gated
 cross-attention layers between the frozen blocks without copying them. `num_extra_tokens` new
 token rows (Flamingo's `<image>` and `<EOC>`) live in their own parameters, `extra_embedding`
 and, for untied heads, `extra_unembedding`, so that they alone can be trained.
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flamingo_jax.layers.attention import KVCache, MultiHeadAttention
 from flamingo_jax.layers.mlp import Mlp, dense
 from flamingo_jax.layers.norms import make_norm
+from flamingo_jax.layers.remat import remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,18 +75,22 @@ class LMConfig:
 class DecodeState:
   """Everything decoding needs between calls; no state hides inside the modules.
 
-  caches: one KVCache per layer, [B, S, K, Dh] each; key_positions: [B, S] int32, the position of
-  the token in each cache slot, -1 for empty or padding slots; index: int32 [], next free slot.
+  caches: {layer index: KVCache [B, S, K, Dh]} for every block that `DecoderLM.blocks` runs (a
+  Flamingo with scanned layers keeps the scanned blocks' caches itself); key_positions: [B, S]
+  int32, the position of the token in each cache slot, -1 for empty or padding slots;
+  index: int32 [], next free slot.
   """
-  caches: tuple[KVCache, ...]
+  caches: dict[int, KVCache]
   key_positions: jax.Array
   index: jax.Array
 
   @classmethod
-  def zeros(cls, config: LMConfig, batch: int, length: int, dtype=jnp.float32):
+  def zeros(cls, config: LMConfig, batch: int, length: int, dtype=jnp.float32, layers=None):
+    """Empty caches for `layers` (block indices; default all of them)."""
+    layers = range(config.num_layers) if layers is None else layers
     return cls(
-        caches=tuple(KVCache.zeros(batch, length, config.kv_heads, config.dh, dtype)
-                     for _ in range(config.num_layers)),
+        caches={i: KVCache.zeros(batch, length, config.kv_heads, config.dh, dtype)
+                for i in layers},
         key_positions=jnp.full((batch, length), -1, jnp.int32),
         index=jnp.zeros((), jnp.int32))
 
@@ -129,10 +134,14 @@ class DecoderBlock(nn.Module):
 
 
 class DecoderLM(nn.Module):
-  """tokens [B, L] int32 -> logits [B, L, vocab_size + num_extra_tokens] float32."""
+  """tokens [B, L] int32 -> logits [B, L, vocab_size + num_extra_tokens] float32.
+
+  remat: the rematerialisation policy of each block (flamingo_jax.layers.remat).
+  """
   config: LMConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   def setup(self):
     c = self.config
@@ -152,7 +161,8 @@ class DecoderLM(nn.Module):
       self.position_embedder = nn.Embed(
           c.max_length, c.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
           embedding_init=nn.with_logical_partitioning(init, ("length", "embed")))
-    self.layers = [DecoderBlock(c, self.dtype, self.param_dtype) for _ in range(c.num_layers)]
+    block = remat(DecoderBlock, self.remat)
+    self.layers = [block(c, self.dtype, self.param_dtype) for _ in range(c.num_layers)]
     self.final_norm = make_norm(c.norm, eps=c.norm_eps, use_bias=c.norm_bias, dtype=self.dtype,
                                 param_dtype=self.param_dtype)
     if not c.tie_embeddings:
@@ -171,8 +181,16 @@ class DecoderLM(nn.Module):
       x = x + self.position_embedder(jnp.clip(positions, 0, c.max_length - 1))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-  def block(self, i, x, q_positions, kv_positions, mask, cache=None, cache_index=None):
-    return self.layers[i](x, q_positions, kv_positions, mask, cache, cache_index)
+  def blocks(self, layers, x, q_positions, kv_positions, mask, state: DecodeState | None = None):
+    """Runs the blocks `layers` (indices, in order) over x [B, L, D].
+
+    Returns x and {layer index: its advanced KVCache} (None values without a state).
+    """
+    caches = {}
+    for i in layers:
+      cache, index = (None, None) if state is None else (state.caches[i], state.index)
+      x, caches[i] = self.layers[i](x, q_positions, kv_positions, mask, cache, index)
+    return x, caches
 
   def head(self, x):
     """Final norm and logits: [B, L, D] -> [B, L, V] float32."""
@@ -196,10 +214,7 @@ class DecoderLM(nn.Module):
     positions = default_positions(tokens) if positions is None else positions
     q_pos, kv_pos, mask = attention_positions(positions, state)
     x = self.embed(tokens, positions)
-    caches = []
-    for i in range(self.config.num_layers):
-      x, cache = self.block(i, x, q_pos, kv_pos, mask, *layer_cache(state, i))
-      caches.append(cache)
+    x, caches = self.blocks(range(self.config.num_layers), x, q_pos, kv_pos, mask, state)
     logits = self.head(x)
     if state is None:
       return logits
@@ -218,9 +233,5 @@ def attention_positions(positions, state: DecodeState | None):
   return positions, kv_pos, attention_mask(positions, kv_pos)
 
 
-def layer_cache(state: DecodeState | None, i: int):
-  return (None, None) if state is None else (state.caches[i], state.index)
-
-
-def advance(state: DecodeState, caches, kv_pos, length: int) -> DecodeState:
-  return DecodeState(caches=tuple(caches), key_positions=kv_pos, index=state.index + length)
+def advance(state: DecodeState, caches: dict, kv_pos, length: int) -> DecodeState:
+  return DecodeState(caches=caches, key_positions=kv_pos, index=state.index + length)

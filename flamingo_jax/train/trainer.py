@@ -16,6 +16,7 @@
 """
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -30,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 
 from flamingo_jax import model_factory
+from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import mixtures
 from flamingo_jax.flamingo import trainable as trainable_lib
+from flamingo_jax.flamingo.scan import stack_layers
 from flamingo_jax.train import checkpointing, optimizer, partitioning
 from flamingo_jax.train import step as step_lib
 
@@ -112,11 +114,17 @@ class Trainer:
         params = jax.jit(lambda key: model_factory.init_params(self.model, config, key),
                          out_shardings=self.param_shardings)(jax.random.key(config.seed))
     elif source.source == "checkpoint":
-      abstract = jax.tree.map(
-          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-          model_factory.abstract_params(self.model, config), self.param_shardings)
-      with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(os.path.join(source.path, "params"), abstract)
+      # Stored unscanned: restore sharded in that layout, then stack on the devices.
+      flat = model_factory.unscanned(config)
+      flat_model = model_factory.build_model(flat)
+      abstract = model_factory.abstract_params(flat_model, flat)
+      shardings = partitioning.shardings(model_factory.logical_axes(flat_model, flat), abstract,
+                                         self.mesh, self.rules)
+      params = orbax_io.restore_unscanned(source.path, jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings))
+      with self.context():
+        params = jax.jit(functools.partial(stack_layers, model_config=config.model),
+                         out_shardings=self.param_shardings)(params)
     else:
       raise ValueError(f"unknown frozen source {source.source!r}; expected init or checkpoint")
     train, frozen = trainable_lib.split(params, config.model.trainable)
