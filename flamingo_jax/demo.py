@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from flamingo_jax.decode import greedy_generate
+from flamingo_jax.decode import generate
 from flamingo_jax.flamingo import trainable
 from flamingo_jax.model_factory import create
 
@@ -56,8 +56,8 @@ def main(argv):
   print(f"Forward pass: images {images.shape} + tokens {tokens.shape} -> logits {logits.shape}, "
         f"finite: {bool(jnp.isfinite(logits).all())}.")
 
-  generated = greedy_generate(model, params, images, tokens, _NEW_TOKENS.value,
-                              config.model.eoc_token_id)
+  generated = generate(model, params, images, tokens, _NEW_TOKENS.value,
+                       stop_token=config.model.eoc_token_id)
   print(f"Prompt tokens:    {tokens[0].tolist()}")
   print(f"Greedy new tokens (random weights, so meaningless ids): {generated[0].tolist()}")
   print(f"Done in {time.perf_counter() - start:.1f} s.")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import flamingo_jax
-from flamingo_jax.decode import greedy_generate
+from flamingo_jax.decode import generate
 
 from conftest import REPO
 from test_flamingo import interleaved_batch, open_gates
@@ -58,7 +58,7 @@ def test_greedy_generation_matches_argmax_of_full_recomputation(tiny_config, tin
   model, params = tiny_model
   params = open_gates(params)
   images, tokens = interleaved_batch(tiny_config)
-  generated = greedy_generate(model, params, images, tokens, 5)
+  generated = generate(model, params, images, tokens, 5)
   logits = tiny_forward(params, images, jnp.concatenate([tokens, generated], axis=1))
   length = tokens.shape[1]
   np.testing.assert_array_equal(jnp.argmax(logits[:, length - 1:-1], axis=-1), generated)
@@ -67,9 +67,9 @@ def test_greedy_generation_matches_argmax_of_full_recomputation(tiny_config, tin
 def test_greedy_generation_stops_at_the_stop_token(tiny_config, tiny_model):
   model, params = tiny_model
   images, tokens = interleaved_batch(tiny_config)
-  free = greedy_generate(model, open_gates(params), images, tokens, 4)
+  free = generate(model, open_gates(params), images, tokens, 4)
   stop = int(free[0, 1])
-  stopped = greedy_generate(model, open_gates(params), images, tokens, 4, stop)
+  stopped = generate(model, open_gates(params), images, tokens, 4, stop_token=stop)
   np.testing.assert_array_equal(stopped[0, :2], free[0, :2])
   np.testing.assert_array_equal(stopped[0, 2:], [stop, stop])
 

@@ -82,6 +82,15 @@ class FlamingoDecodeState:
                scanned=(stacked,) * layout.every if layout.num_scanned else (),
                media_count=jnp.zeros((batch,), jnp.int32))
 
+  def take(self, indices):
+    """The state of the sequences `indices` ([N] int32 into the batch, repeats allowed): how
+    beams and candidate answers copy and reorder a prompt's caches."""
+    rows = lambda axis: lambda x: jnp.take(x, indices, axis=axis)
+    lm = DecodeState(caches=jax.tree.map(rows(0), self.lm.caches),
+                     key_positions=rows(0)(self.lm.key_positions), index=self.lm.index)
+    return FlamingoDecodeState(lm=lm, scanned=jax.tree.map(rows(1), self.scanned),
+                               media_count=rows(0)(self.media_count))
+
 
 class FlamingoUnit(nn.Module):
   """One gated block, then `xattn.every` LM blocks: the body of the layer scan.

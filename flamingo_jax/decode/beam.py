@@ -1,0 +1,87 @@
+"""Beam search with a key/value cache, compiled as one prefill and one scan over new tokens.
+
+Each prompt keeps `beam_size` live hypotheses and `beam_size` finished ones. A step extends
+every live hypothesis by every token and keeps the 2K best candidates: those that end in the
+stop token (`<EOC>`) compete for the finished pool under the length penalty, the K best of the
+others stay live (at most K candidates end in the stop token, so K always remain). At the end
+the live hypotheses join the finished pool. Scores are Hugging Face's: the sum of token log
+probabilities divided by (number of tokens) ** length_penalty.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from flamingo_jax.decode.generate import extend, prefill
+
+
+def normalised(log_prob, length, length_penalty: float):
+  return log_prob / jnp.asarray(length, jnp.float32) ** length_penalty
+
+
+def best(scores, *arrays, k: int):
+  """The k best of `scores` [B, N] and the matching rows of each array [B, N, ...]."""
+  top, index = jax.lax.top_k(scores, k)
+  return top, *(jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), axis=1)
+                for a in arrays)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size",
+                                             "length_penalty", "stop_token"))
+def beam_search(model, params, images, tokens, max_new_tokens: int, *, beam_size: int,
+                length_penalty: float = 1.0, stop_token: int | None = None, positions=None):
+  """images [B, M, T, H, W, 3]; prompts tokens [B, L] (left-padded with `positions`, see
+  flamingo_jax.decode.generate) -> (sequences [B, K, max_new_tokens] int32, scores [B, K]),
+  best first. A finished sequence is filled with the stop token after it ends.
+  """
+  k = beam_size
+  visual, logits, state, next_positions = prefill(model, params, images, tokens, positions,
+                                                  max_new_tokens - 1)
+  batch, vocab = logits.shape
+  # Every beam starts from its prompt's caches; the flat batch is prompt-major: row b * K + j.
+  rows = jnp.repeat(jnp.arange(batch), k)
+  visual, state = visual[rows], state.take(rows)
+  logits, next_positions = logits[rows], next_positions[rows]
+  fill = 0 if stop_token is None else stop_token
+  live_seqs = jnp.full((batch, k, max_new_tokens), fill, jnp.int32)
+  # Only beam 0 is live at first, so the first step does not pick the same token K times.
+  live_scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(batch, axis=0)
+  done_seqs = live_seqs
+  done_scores = jnp.full((batch, k), -jnp.inf)
+
+  def select(t, logits, live_seqs, live_scores, done_seqs, done_scores):
+    """Step t's choice from logits [B * K, V]: the new live and finished hypotheses, and the
+    flat rows the live ones continue."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
+    candidates = (live_scores[..., None] + log_probs).reshape(batch, k * vocab)
+    scores, index = jax.lax.top_k(candidates, 2 * k)
+    origin, token = index // vocab, (index % vocab).astype(jnp.int32)
+    seqs = jnp.take_along_axis(live_seqs, origin[..., None], axis=1).at[:, :, t].set(token)
+    stopped = (token == stop_token) if stop_token is not None else jnp.zeros_like(token, bool)
+    done_scores, done_seqs = best(
+        jnp.concatenate([done_scores, jnp.where(stopped, normalised(scores, t + 1,
+                                                                    length_penalty), -jnp.inf)], 1),
+        jnp.concatenate([done_seqs, seqs], 1), k=k)
+    live_scores, live_seqs, origin, token = best(jnp.where(stopped, -jnp.inf, scores), seqs,
+                                                 origin, token, k=k)
+    continued = (jnp.arange(batch)[:, None] * k + origin).reshape(-1)
+    return live_seqs, live_scores, done_seqs, done_scores, continued, token.reshape(-1)
+
+  def step(carry, t):
+    logits, state, *hypotheses = carry
+    live_seqs, live_scores, done_seqs, done_scores, continued, token = select(
+        t, logits, *hypotheses)
+    state = state.take(continued)
+    logits, state = extend(model, params, visual, token[:, None],
+                           (next_positions + t)[:, None], state)
+    return (logits[:, -1], state, live_seqs, live_scores, done_seqs, done_scores), None
+
+  carry = (logits, state, live_seqs, live_scores, done_seqs, done_scores)
+  (logits, _, *hypotheses), _ = jax.lax.scan(step, carry, jnp.arange(max_new_tokens - 1))
+  live_seqs, live_scores, done_seqs, done_scores, _, _ = select(max_new_tokens - 1, logits,
+                                                                *hypotheses)
+  scores, seqs = best(
+      jnp.concatenate([done_scores, normalised(live_scores, max_new_tokens, length_penalty)], 1),
+      jnp.concatenate([done_seqs, live_seqs], 1), k=k)
+  return seqs, scores

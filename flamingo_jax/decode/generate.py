@@ -1,0 +1,114 @@
+"""Decoding with a key/value cache: the media are encoded and the prompt is read once, then one
+token a step. Greedy, or sampling with a temperature, top-k and top-p.
+
+A batch holds prompts of different lengths left-padded (`left_pad`): padding has position -1,
+which no token attends to, so every prompt's tokens sit at positions 0..n-1 and its
+continuation at n, n+1, ...; the batch decodes exactly as its prompts would one by one.
+"""
+
+from collections.abc import Sequence
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flamingo_jax.flamingo.model import Flamingo, FlamingoDecodeState
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Token lists -> (tokens [B, L] int32, positions [B, L] int32), right-aligned; the padding
+  has position -1."""
+  length = max(len(p) for p in prompts)
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  positions = np.full((len(prompts), length), -1, np.int32)
+  for row, prompt in enumerate(prompts):
+    if prompt:
+      tokens[row, -len(prompt):] = prompt
+      positions[row, -len(prompt):] = np.arange(len(prompt))
+  return tokens, positions
+
+
+def prefill(model: Flamingo, params, images, tokens, positions, room: int):
+  """Encodes the media and reads the prompts into a cache with `room` more slots.
+
+  images [B, M, T, H, W, 3]; tokens, positions [B, L] (positions None: 0..L-1). Returns
+  (visual [B, M, R, D], logits after the last prompt token [B, V], the decode state, the next
+  token's positions [B]).
+  """
+  variables = {"params": params}
+  batch, length = tokens.shape
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
+  visual = model.apply(variables, images, method=Flamingo.encode_media)
+  state = FlamingoDecodeState.zeros(model.config, batch, length + room,
+                                    jnp.dtype(model.config.dtype))
+  logits, state = model.apply(variables, visual, tokens, positions, state, method=Flamingo.decode)
+  return visual, logits[:, -1], state, jnp.max(positions, axis=1) + 1
+
+
+def extend(model: Flamingo, params, visual, tokens, positions, state):
+  """Appends tokens [B, L] at positions [B, L] to the cache: (logits [B, L, V], new state)."""
+  return model.apply({"params": params}, visual, tokens, positions, state,
+                     method=Flamingo.decode)
+
+
+def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+  """logits [B, V] scaled by 1 / temperature, with -inf outside the `top_k` largest (0: all)
+  and outside the smallest set whose probability reaches `top_p` (the nucleus), in the order
+  of Hugging Face's samplers."""
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  if top_p < 1.0:
+    descending = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(descending, axis=-1)
+    # A token stays if the tokens ranked above it hold less than top_p (the first always does).
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+    threshold = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+  return logits
+
+
+def choose(logits, rng, temperature: float, top_k: int, top_p: float):
+  """Next tokens [B] int32: the argmax at temperature 0, otherwise a sample."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  filtered = filter_logits(logits, temperature, top_k, top_p)
+  return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_token",
+                                             "temperature", "top_k", "top_p"))
+def generate(model: Flamingo, params, images, tokens, max_new_tokens: int, *, positions=None,
+             stop_token: int | None = None, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, rng=None):
+  """images [B, M, T, H, W, 3]; prompts tokens [B, L] (left-padded with their `positions`, or
+  all of length L) -> new tokens [B, max_new_tokens] int32.
+
+  temperature 0 is greedy decoding; otherwise tokens are sampled (needs `rng`) from the logits
+  filtered by `filter_logits`. After a sequence emits `stop_token` (e.g. `<EOC>`) it keeps
+  emitting it.
+  """
+  if temperature and rng is None:
+    raise ValueError("Sampling (temperature > 0) needs an rng.")
+  rng = jax.random.key(0) if rng is None else rng
+  visual, logits, state, next_positions = prefill(model, params, images, tokens, positions,
+                                                  max_new_tokens - 1)
+  pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p)
+  first = pick(logits, jax.random.fold_in(rng, 0))
+
+  def step(carry, t):
+    token, state, done = carry
+    logits, state = extend(model, params, visual, token[:, None],
+                           (next_positions + t - 1)[:, None], state)
+    next_token = pick(logits[:, -1], jax.random.fold_in(rng, t))
+    if stop_token is not None:
+      done = done | (token == stop_token)
+      next_token = jnp.where(done, stop_token, next_token)
+    return (next_token, state, done), next_token
+
+  done = jnp.zeros(tokens.shape[:1], bool)
+  _, rest = jax.lax.scan(step, (first, state, done), jnp.arange(1, max_new_tokens))
+  return jnp.concatenate([first[:, None], rest.T], axis=1)
