@@ -36,13 +36,12 @@ def beam_search(model, params, images, tokens, max_new_tokens: int, *, beam_size
   best first. A finished sequence is filled with the stop token after it ends.
   """
   k = beam_size
-  visual, logits, state, next_positions = prefill(model, params, images, tokens, positions,
-                                                  max_new_tokens - 1)
+  logits, state, next_positions = prefill(model, params, images, tokens, positions,
+                                          max_new_tokens - 1)
   batch, vocab = logits.shape
   # Every beam starts from its prompt's caches; the flat batch is prompt-major: row b * K + j.
   rows = jnp.repeat(jnp.arange(batch), k)
-  visual, state = visual[rows], state.take(rows)
-  logits, next_positions = logits[rows], next_positions[rows]
+  state, logits, next_positions = state.take(rows), logits[rows], next_positions[rows]
   fill = 0 if stop_token is None else stop_token
   live_seqs = jnp.full((batch, k, max_new_tokens), fill, jnp.int32)
   # Only beam 0 is live at first, so the first step does not pick the same token K times.
@@ -73,8 +72,7 @@ def beam_search(model, params, images, tokens, max_new_tokens: int, *, beam_size
     live_seqs, live_scores, done_seqs, done_scores, continued, token = select(
         t, logits, *hypotheses)
     state = state.take(continued)
-    logits, state = extend(model, params, visual, token[:, None],
-                           (next_positions + t)[:, None], state)
+    logits, state = extend(model, params, token[:, None], (next_positions + t)[:, None], state)
     return (logits[:, -1], state, live_seqs, live_scores, done_seqs, done_scores), None
 
   carry = (logits, state, live_seqs, live_scores, done_seqs, done_scores)

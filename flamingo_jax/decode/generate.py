@@ -30,27 +30,27 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndar
 
 
 def prefill(model: Flamingo, params, images, tokens, positions, room: int):
-  """Encodes the media and reads the prompts into a cache with `room` more slots.
+  """Encodes the media, projects them to every gated block's keys and values, and reads the
+  prompts into a cache with `room` more slots.
 
   images [B, M, T, H, W, 3]; tokens, positions [B, L] (positions None: 0..L-1). Returns
-  (visual [B, M, R, D], logits after the last prompt token [B, V], the decode state, the next
-  token's positions [B]).
+  (logits after the last prompt token [B, V], the decode state, the next token's positions
+  [B]).
   """
   variables = {"params": params}
-  batch, length = tokens.shape
+  length = tokens.shape[1]
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
   visual = model.apply(variables, images, method=Flamingo.encode_media)
-  state = FlamingoDecodeState.zeros(model.config, batch, length + room,
-                                    jnp.dtype(model.config.dtype))
-  logits, state = model.apply(variables, visual, tokens, positions, state, method=Flamingo.decode)
-  return visual, logits[:, -1], state, jnp.max(positions, axis=1) + 1
+  state = model.apply(variables, visual, length + room, jnp.dtype(model.config.dtype),
+                      method=Flamingo.start_decoding)
+  logits, state = extend(model, params, tokens, positions, state)
+  return logits[:, -1], state, jnp.max(positions, axis=1) + 1
 
 
-def extend(model: Flamingo, params, visual, tokens, positions, state):
+def extend(model: Flamingo, params, tokens, positions, state: FlamingoDecodeState):
   """Appends tokens [B, L] at positions [B, L] to the cache: (logits [B, L, V], new state)."""
-  return model.apply({"params": params}, visual, tokens, positions, state,
-                     method=Flamingo.decode)
+  return model.apply({"params": params}, None, tokens, positions, state, method=Flamingo.decode)
 
 
 def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
@@ -94,15 +94,15 @@ def generate(model: Flamingo, params, images, tokens, max_new_tokens: int, *, po
   if temperature and rng is None:
     raise ValueError("Sampling (temperature > 0) needs an rng.")
   rng = jax.random.key(0) if rng is None else rng
-  visual, logits, state, next_positions = prefill(model, params, images, tokens, positions,
-                                                  max_new_tokens - 1)
+  logits, state, next_positions = prefill(model, params, images, tokens, positions,
+                                          max_new_tokens - 1)
   pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p)
   first = pick(logits, jax.random.fold_in(rng, 0))
 
   def step(carry, t):
     token, state, done = carry
-    logits, state = extend(model, params, visual, token[:, None],
-                           (next_positions + t - 1)[:, None], state)
+    logits, state = extend(model, params, token[:, None], (next_positions + t - 1)[:, None],
+                           state)
     next_token = pick(logits[:, -1], jax.random.fold_in(rng, t))
     if stop_token is not None:
       done = done | (token == stop_token)

@@ -32,15 +32,14 @@ def candidate_log_likelihoods(model, params, images, tokens, candidates, mask, p
   candidates for every prompt. Returns [B, C] float32.
   """
   num, length = candidates.shape
-  visual, last_logits, state, next_positions = prefill(model, params, images, tokens, positions,
-                                                       length)
+  last_logits, state, next_positions = prefill(model, params, images, tokens, positions, length)
   batch = tokens.shape[0]
   rows = jnp.repeat(jnp.arange(batch), num)  # Prompt-major: row b * C + c.
   flat = jnp.tile(candidates, (batch, 1))
   flat_mask = jnp.tile(mask, (batch, 1))
   # Padding after a candidate's end gets position -1: nothing attends to it.
   positions = jnp.where(flat_mask, next_positions[rows, None] + jnp.arange(length), -1)
-  logits, _ = extend(model, params, visual[rows], flat, positions, state.take(rows))
+  logits, _ = extend(model, params, flat, positions, state.take(rows))
   # Token j of a candidate is predicted by the logits before it: the prompt's last for j = 0.
   logits = jnp.concatenate([last_logits[rows, None], logits[:, :-1]], axis=1)
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),

@@ -62,16 +62,29 @@ def gated_block(model_config, name: str | None = None) -> GatedCrossAttentionBlo
 
 
 @flax.struct.dataclass
+class MediaKV:
+  """The gated blocks' keys and values of a prompt's media, computed once for all decoding
+  steps (`Flamingo.media_kv`). blocks: one KVCache [B, M * R, H, Dh] per gated block that runs
+  one by one; scanned: one KVCache [U, B, M * R, H, Dh] for the scanned units, or None."""
+  blocks: tuple[KVCache, ...]
+  scanned: KVCache | None
+  num_media: int = flax.struct.field(pytree_node=False)
+
+
+@flax.struct.dataclass
 class FlamingoDecodeState:
   """What Flamingo's decoding carries between calls.
 
   lm: the LM's state, with the caches of the LM blocks that run one by one; scanned: one
   KVCache [U, B, S, K, Dh] per LM block of a scanned unit (empty without `scan_layers`);
-  media_count: [B] int32, the number of media each sequence has seen.
+  media_count: [B] int32, the number of media each sequence has seen; media: the media's
+  keys and values (`Flamingo.start_decoding`), or None to compute them from the visual tokens
+  at every call.
   """
   lm: DecodeState
   scanned: tuple[KVCache, ...]
   media_count: jax.Array
+  media: MediaKV | None = None
 
   @classmethod
   def zeros(cls, model_config, batch: int, length: int, dtype=jnp.float32):
@@ -88,23 +101,32 @@ class FlamingoDecodeState:
     rows = lambda axis: lambda x: jnp.take(x, indices, axis=axis)
     lm = DecodeState(caches=jax.tree.map(rows(0), self.lm.caches),
                      key_positions=rows(0)(self.lm.key_positions), index=self.lm.index)
+    media = None if self.media is None else MediaKV(
+        blocks=jax.tree.map(rows(0), self.media.blocks),
+        scanned=jax.tree.map(rows(1), self.media.scanned), num_media=self.media.num_media)
     return FlamingoDecodeState(lm=lm, scanned=jax.tree.map(rows(1), self.scanned),
-                               media_count=rows(0)(self.media_count))
+                               media_count=rows(0)(self.media_count), media=media)
 
 
 class FlamingoUnit(nn.Module):
   """One gated block, then `xattn.every` LM blocks: the body of the layer scan.
 
   x: [B, L, D], the scan's carry; caches: one KVCache [B, S, K, Dh] per LM block, or None;
-  the rest as in `Flamingo.decode`, the same for every unit. Returns (x, the advanced caches).
+  media_kv: this unit's gated block's keys and values of the media, or None to compute them
+  from visual [B, N, D]; the rest as in `Flamingo.decode`, the same for every unit. Returns
+  (x, the advanced caches). With x None, returns (None, the media's keys and values).
   """
   config: ml_collections.FrozenConfigDict
 
   @nn.compact
-  def __call__(self, x, caches, visual, xmask, q_positions, kv_positions, mask, cache_index):
+  def __call__(self, x, caches, media_kv, visual, xmask, q_positions, kv_positions, mask,
+               cache_index):
     c = self.config
     block = remat(DecoderBlock, c.remat)
-    x = gated_block(c, name="gated_xattn")(x, visual, xmask)
+    gated = gated_block(c, name="gated_xattn")
+    if x is None:
+      return None, gated(None, visual, None)
+    x = gated(x, visual if media_kv is None else media_kv, xmask)
     new_caches = []
     for j in range(c.xattn.every):
       x, cache = block(lm_config(c), *dtypes(c), name=f"layers_{j}")(
@@ -147,7 +169,7 @@ class Flamingo(nn.Module):
       broadcast = (nn.broadcast,) * 6  # visual, xmask, q / kv positions, mask, cache index.
       self.scanned = nn.scan(
           FlamingoUnit, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(0, *broadcast), length=layout.num_scanned,
+          in_axes=(0, 0, *broadcast), length=layout.num_scanned,
           metadata_params={nn.PARTITION_NAME: "layers"})(c, name=SCANNED)
 
   def encode_media(self, images):
@@ -158,20 +180,50 @@ class Flamingo(nn.Module):
     features = features.reshape(b, m, t, -1, features.shape[-1])  # Grids flatten to S = h*w.
     return self.resampler(features)
 
+  def flat_visual(self, visual):
+    """[B, M, R, D] -> [B, M * R, D], the keys and values of the gated blocks."""
+    b, m, r, d = visual.shape
+    return nn.with_logical_constraint(visual.reshape(b, m * r, d), ("batch", "media", "embed"))
+
+  def media_kv(self, visual) -> MediaKV:
+    """visual [B, M, R, D] -> every gated block's keys and values of these media."""
+    chex.assert_rank(visual, 4)
+    layout, flat = Layout.of(self.config), self.flat_visual(visual)
+    scanned = None
+    if layout.num_scanned:
+      _, scanned = self.scanned(None, None, None, flat, None, None, None, None, None)
+    blocks = tuple(self.gated_xattn[k](None, flat, None)
+                   for k in range(layout.num_scanned, len(layout.gated)))
+    return MediaKV(blocks=blocks, scanned=scanned, num_media=visual.shape[1])
+
+  def start_decoding(self, visual, length: int, dtype=jnp.float32) -> FlamingoDecodeState:
+    """An empty decode state of `length` cache slots holding the media's keys and values, so
+    that no decoding call projects the visual tokens again. visual [B, M, R, D]."""
+    state = FlamingoDecodeState.zeros(self.config, visual.shape[0], length, dtype)
+    return state.replace(media=self.media_kv(visual))
+
   def decode(self, visual, tokens, positions=None, state: FlamingoDecodeState | None = None):
     """Runs the LM over `tokens` conditioned on encoded media.
 
-    visual: [B, M, R, D] from `encode_media`; tokens, positions: [B, L] int32 (positions default
-    to 0..L-1; -1 marks padding). With a state, continues from it and returns
-    (logits, new state); otherwise returns logits [B, L, V].
+    visual: [B, M, R, D] from `encode_media` (None when the state holds the media's keys and
+    values, see `start_decoding`); tokens, positions: [B, L] int32 (positions default to
+    0..L-1; -1 marks padding). With a state, continues from it and returns (logits, new
+    state); otherwise returns logits [B, L, V].
     """
-    chex.assert_rank([visual, tokens], [4, 2])
+    chex.assert_rank(tokens, 2)
     c = self.config
-    b, m, r, d = visual.shape
+    media = None if state is None else state.media
+    if media is None:
+      chex.assert_rank(visual, 4)
+      num_media, visual = visual.shape[1], self.flat_visual(visual)
+      num_visual_tokens = visual.shape[1]
+    else:
+      num_media = media.num_media
+      num_visual_tokens = jax.tree.leaves(media)[0].shape[-3]  # KVCache [..., M * R, H, Dh].
     positions = default_positions(tokens) if positions is None else positions
     index = media_index(tokens, c.media_token_id, None if state is None else state.media_count)
-    xmask = cross_attention_mask(index, m, r, c.xattn.media_mode)
-    visual = nn.with_logical_constraint(visual.reshape(b, m * r, d), ("batch", "media", "embed"))
+    xmask = cross_attention_mask(index, num_media, num_visual_tokens // num_media,
+                                 c.xattn.media_mode)
     lm_state = None if state is None else state.lm
     q_pos, kv_pos, mask = attention_positions(positions, lm_state)
     layout = Layout.of(c)
@@ -180,17 +232,20 @@ class Flamingo(nn.Module):
     x, caches = self.lm.blocks(layout.prefix, x, q_pos, kv_pos, mask, lm_state)
     scanned = ()
     if layout.num_scanned:
-      x, scanned = self.scanned(x, None if state is None else state.scanned, visual, xmask,
+      x, scanned = self.scanned(x, None if state is None else state.scanned,
+                                None if media is None else media.scanned, visual, xmask,
                                 q_pos, kv_pos, mask, None if state is None else lm_state.index)
     for k in range(layout.num_scanned, len(layout.gated)):
-      x = self.gated_xattn[k](x, visual, xmask)
+      block_media = visual if media is None else media.blocks[k - layout.num_scanned]
+      x = self.gated_xattn[k](x, block_media, xmask)
       x, unit_caches = self.lm.blocks(layout.unit(k), x, q_pos, kv_pos, mask, lm_state)
       caches.update(unit_caches)
     logits = self.lm.head(x)
     if state is None:
       return logits
     return logits, FlamingoDecodeState(lm=advance(lm_state, caches, kv_pos, tokens.shape[1]),
-                                       scanned=scanned, media_count=index[:, -1] + 1)
+                                       scanned=scanned, media_count=index[:, -1] + 1,
+                                       media=media)
 
   def __call__(self, images, tokens, positions=None):
     """images [B, M, T, H, W, 3] float32, tokens [B, L] int32 -> logits [B, L, V] float32."""

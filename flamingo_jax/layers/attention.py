@@ -126,14 +126,25 @@ class MultiHeadAttention(nn.Module):
     q_positions: [B, Lq], kv_positions: [B, S] (needed for "rope" and "relative"). With a
     cache, the new keys and values are written at `cache_index` and attention runs over all S
     cached slots; returns (output [B, Lq, Dq], the updated cache or None).
+
+    Cross-attention over inputs that do not change while decoding (Flamingo's media) projects
+    them once: with `inputs_q` None the call returns (KVCache of inputs_kv's keys and values
+    [B, Lk, K, Dh], None), and such a KVCache may stand in for `inputs_kv` in later calls.
     """
     kv_heads = self.num_kv_heads or self.num_heads
+    if isinstance(inputs_kv, KVCache):
+      if self.position != "none":
+        raise ValueError("Projected keys and values are for position-free cross-attention.")
+      k, v = inputs_kv.k, inputs_kv.v
+    else:
+      k = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "key")(inputs_kv)
+      v = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "value")(inputs_kv)
+    if inputs_q is None:
+      return KVCache(k=k, v=v), None
     q = self._proj(self.num_heads, ("embed", "heads", "kv"), self.qkv_bias, "query")(inputs_q)
-    k = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "key")(inputs_kv)
-    v = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "value")(inputs_kv)
 
     if self.position == "rope":
-      lk = inputs_kv.shape[1]
+      lk = k.shape[1]
       new_k_positions = kv_positions if cache is None else jax.lax.dynamic_slice_in_dim(
           kv_positions, cache_index, lk, axis=1)
       q = rotary_embedding(q, q_positions, self.rope_theta, self.rope_fraction)
