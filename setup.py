@@ -28,6 +28,8 @@ setuptools.setup(
         "clu",  # Metric writers: TensorBoard and the console.
         "tensorboard",
         "tqdm",
+        "pycocoevalcap",  # CIDEr and BLEU as the COCO caption evaluation computes them (java).
+        "scikit-learn",  # ROC-AUC.
     ],
     extras_require={
         # libtpu, for compiling TPU programs ahead of time on any machine (train/aot.py).
