@@ -44,10 +44,11 @@ def restore_unscanned(directory, abstract):
     return checkpointer.restore(pathlib.Path(directory).resolve() / PARAMS_DIR, abstract)
 
 
-def load(directory):
-  """(model, params, config) from a directory written by `save`; params in the layout of the
-  stored config."""
-  config = load_config_json(directory)
+def load(directory, config: ml_collections.ConfigDict | None = None):
+  """(model, params, config) from a directory written by `save`; params in the layout of
+  `config`, by default the stored config (another config must give the same parameter
+  shapes: a dtype, the layer scan or the data may differ)."""
+  config = load_config_json(directory) if config is None else config
   flat = unscanned(config)
   params = restore_unscanned(directory, abstract_params(build_model(flat), flat))
   return build_model(config), stack_layers(params, config.model), config

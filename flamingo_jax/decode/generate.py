@@ -16,14 +16,15 @@ import numpy as np
 from flamingo_jax.flamingo.model import Flamingo, FlamingoDecodeState
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
+             length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Token lists -> (tokens [B, L] int32, positions [B, L] int32), right-aligned; the padding
-  has position -1."""
-  length = max(len(p) for p in prompts)
+  has position -1. L: `length`, by default the longest prompt's."""
+  length = length or max(len(p) for p in prompts)
   tokens = np.full((len(prompts), length), pad_id, np.int32)
   positions = np.full((len(prompts), length), -1, np.int32)
   for row, prompt in enumerate(prompts):
-    if prompt:
+    if len(prompt):
       tokens[row, -len(prompt):] = prompt
       positions[row, -len(prompt):] = np.arange(len(prompt))
   return tokens, positions

@@ -1,0 +1,239 @@
+"""Every benchmark end to end on tiny files in its official format, with real images, through
+the harness and the CLI (tiny model, random weights: the numbers are not the point; that every
+query is read, prompted, decoded and scored is)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+import flamingo_jax
+from flamingo_jax.data.mixtures import make_vocabulary
+from flamingo_jax.decode import candidate_log_likelihoods, generate, right_pad
+from flamingo_jax.evaluation import harness, prompts
+from flamingo_jax.evaluation.benchmarks import BENCHMARKS
+
+from conftest import REPO
+
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40), (90, 90, 90),
+           (250, 250, 250)]
+SETTINGS = harness.Settings(batch_size=2, max_new_tokens=4, beam_size=2, num_frames=2)
+
+
+def image(path, i):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.new("RGB", (40 + 8 * i, 36), COLOURS[i % len(COLOURS)]).save(path)
+
+
+def write_json(path, content):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(content))
+
+
+def karpathy(root, file_name, folder):
+  entries = []
+  for i, split in enumerate(["train", "train", "train", "test", "test", "test"]):
+    entry = {"filename": f"{i}.jpg", "split": split, "cocoid": i, "imgid": i,
+             "sentences": [{"raw": f"a photo number {i}", "tokens": []},
+                           {"raw": "a plain colour", "tokens": []}]}
+    if folder == "coco":
+      entry["filepath"] = "val2014"
+    image(root / ("val2014" if folder == "coco" else "flickr30k-images") / f"{i}.jpg", i)
+    entries.append(entry)
+  write_json(root / file_name, {"images": entries})
+
+
+def vqa(root, questions, annotations, split):
+  """Three questions on three images of a split, ten answers each."""
+  offset = 0 if split.startswith("train") else 10
+  qs, anns = [], []
+  for i in range(3):
+    image_id = offset + i
+    image(root / split / f"COCO_{split}_{image_id:012d}.jpg", i)
+    qs.append({"image_id": image_id, "question": f"What colour is {i}?",
+               "question_id": 100 * image_id})
+    anns.append({"question_id": 100 * image_id, "image_id": image_id,
+                 "answers": [{"answer": ["red", "green", "blue"][i]}] * 10})
+  write_json(root / questions.format(split=split), {"questions": qs})
+  write_json(root / annotations.format(split=split), {"annotations": anns})
+
+
+def write_benchmark(name, root):
+  if name == "coco":
+    karpathy(root, "dataset_coco.json", "coco")
+  elif name == "flickr30k":
+    karpathy(root, "dataset_flickr30k.json", "flickr30k")
+  elif name in ("vqav2", "okvqa"):
+    prefix = "v2_" if name == "vqav2" else ""
+    for split in ("train2014", "val2014"):
+      vqa(root, prefix + "OpenEnded_mscoco_{split}_questions.json",
+          prefix + "mscoco_{split}_annotations.json", split)
+  elif name == "textvqa":
+    for split in ("train", "val"):
+      data = []
+      for i in range(3):
+        image(root / "train_images" / f"{split}{i}.jpg", i)
+        data.append({"question": f"what is written {i}?", "image_id": f"{split}{i}",
+                     "question_id": 10 * i + (split == "val"), "answers": [f"word{i}"] * 10})
+      write_json(root / f"TextVQA_0.5.1_{split}.json", {"data": data})
+  elif name == "vizwiz":
+    for split in ("train", "val"):
+      items = []
+      for i in range(3):
+        image(root / split / f"VizWiz_{split}_{i:08d}.jpg", i)
+        items.append({"image": f"VizWiz_{split}_{i:08d}.jpg", "question": "What is this?",
+                      "answers": [{"answer": f"thing {i}"}] * 10})
+      write_json(root / f"{split}.json", items)
+  elif name == "hateful_memes":
+    for split in ("train", "test_seen"):
+      lines = []
+      for i in range(4):
+        image(root / "img" / f"{split}{i}.png", i)
+        lines.append(json.dumps({"id": f"{split}{i}", "img": f"img/{split}{i}.png",
+                                 "label": i % 2, "text": f"meme text {i}"}))
+      (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+  elif name == "imagenet":
+    (root / "LOC_synset_mapping.txt").write_text(
+        "n01 red thing\nn02 green thing, verdant\nn03 blue thing\n")
+    for split in ("train", "val"):
+      for c, wnid in enumerate(["n01", "n02", "n03"]):
+        image(root / split / wnid / f"{split}_{c}.JPEG", c)
+  elif name in ("msvdqa", "msrvttqa"):
+    folder = "vid{}" if name == "msvdqa" else "video{}"
+    for split, ids in (("train", [1, 2]), ("test", [3, 4])):
+      write_json(root / f"{split}_qa.json", [
+          {"answer": f"thing{v}", "id": v, "question": "what is shown?", "video_id": v}
+          for v in ids])
+      for v in ids:
+        for f in range(3):
+          image(root / "frames" / folder.format(v) / f"{f + 1}.jpg", v + f)
+  else:
+    raise AssertionError(f"no test files for {name}")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """{benchmark: its data_dir}, every benchmark of the registry."""
+  root = tmp_path_factory.mktemp("benchmarks")
+  dirs = {}
+  for name in BENCHMARKS:
+    dirs[name] = root / name
+    dirs[name].mkdir()
+    write_benchmark(name, dirs[name])
+  return dirs
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_config, tiny_model):
+  from test_flamingo import open_gates
+  model, params = tiny_model
+  return model, open_gates(params), make_vocabulary(tiny_config.data.vocabulary)
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_every_benchmark_runs_end_to_end(name, data, setup, tiny_config):
+  model, params, vocabulary = setup
+  benchmark = BENCHMARKS[name]
+  queries = benchmark.read(str(data[name]), benchmark.eval_split)
+  for shots in (0, 1):
+    result = harness.evaluate(model, params, tiny_config, vocabulary, name, str(data[name]),
+                              shots, SETTINGS)
+    assert set(result["predictions"]) == {q.id for q in queries}
+    assert result["metrics"] == benchmark.metric(result["predictions"], queries)
+    for value in result["metrics"].values():
+      assert np.isfinite(value) and value >= 0
+
+
+def test_batched_predictions_equal_one_query_at_a_time(data, setup, tiny_config):
+  """Batching, left padding, support selection and media assembly change nothing: greedy VQA
+  answers equal `generate` on each query's own unpadded prompt and images."""
+  model, params, vocabulary = setup
+  settings = harness.Settings(batch_size=2, max_new_tokens=4, beam_size=1, seed=3)
+  result = harness.evaluate(model, params, tiny_config, vocabulary, "vqav2",
+                            str(data["vqav2"]), 2, settings)
+  benchmark = BENCHMARKS["vqav2"]
+  queries = benchmark.read(str(data["vqav2"]), benchmark.eval_split)
+  support = benchmark.read(str(data["vqav2"]), benchmark.support_split)
+  chosen = harness.select_support(settings, 2, queries, support, None,
+                                  np.random.default_rng(settings.seed))
+  load = harness.MediaLoader(tiny_config.model, settings.num_frames)
+  format_ = prompts.FORMATS["open_flamingo"]["vqa"]
+  stop = tiny_config.model.eoc_token_id
+  for query, indices in zip(queries, chosen):
+    shown = [support[i] for i in indices]
+    tokens = prompts.prompt_tokens(format_, [(s.question, s.answers[0]) for s in shown],
+                                   query.question, vocabulary)
+    images = np.stack([load(e, False) for e in shown + [query]])[None]
+    new = generate(model, params, jnp.asarray(images), jnp.asarray(tokens[None]), 4,
+                   stop_token=stop)[0]
+    answer = prompts.postprocess(harness.decode_text(np.asarray(new), vocabulary, stop), "vqa")
+    assert result["predictions"][query.id] == answer
+
+
+def test_prompts_read_back_as_the_formats_say(tiny_config):
+  vocabulary = make_vocabulary(tiny_config.data.vocabulary)
+  ids = tiny_config.model
+  tokens = prompts.prompt_tokens(prompts.FORMATS["open_flamingo"]["vqa"],
+                                 [("Is it red?", "yes")], "Is it blue?", vocabulary)
+  media, eoc = ids.media_token_id, ids.eoc_token_id
+  text = "".join("<image>" if t == media else "<EOC>" if t == eoc else vocabulary.decode([t])
+                 for t in tokens.tolist())
+  assert text == ("<image>Question:Is it red? Short answer:yes<EOC>"
+                  "<image>Question:Is it blue? Short answer:")
+  zero_shot = prompts.prompt_tokens(prompts.FORMATS["paper"]["caption"],
+                                    [(None, "a cat"), (None, "a dog")], None, vocabulary,
+                                    text_only_support=True)
+  assert (zero_shot == media).sum() == 1 and (zero_shot == eoc).sum() == 2
+  assert vocabulary.decode([t for t in zero_shot.tolist() if t < media]) == (
+      "Output: a catOutput: a dogOutput:")
+  assert prompts.postprocess(" blue. Question: what", "vqa") == "blue"
+  assert prompts.postprocess(" a red square\nOutput: x", "caption") == "a red square"
+
+
+def test_imagenet_predicts_the_class_with_the_highest_likelihood(data, setup, tiny_config):
+  model, params, vocabulary = setup
+  settings = harness.Settings(batch_size=2, seed=5, candidate_chunk=2)  # Chunks: 2 + 1 names.
+  result = harness.evaluate(model, params, tiny_config, vocabulary, "imagenet",
+                            str(data["imagenet"]), 0, settings)
+  benchmark = BENCHMARKS["imagenet"]
+  queries = benchmark.read(str(data["imagenet"]), benchmark.eval_split)
+  support = benchmark.read(str(data["imagenet"]), benchmark.support_split)
+  classes = benchmark.classes(str(data["imagenet"]))
+  chosen = harness.select_support(settings, 0, queries, support, None,
+                                  np.random.default_rng(settings.seed))
+  load = harness.MediaLoader(tiny_config.model, settings.num_frames)
+  format_ = prompts.FORMATS["open_flamingo"]["classification"]
+  candidates, mask = right_pad([prompts.answer_tokens(format_, c, vocabulary) for c in classes])
+  for query, indices in zip(queries, chosen):
+    tokens = prompts.prompt_tokens(format_, [(None, classes[support[i].label]) for i in indices],
+                                   None, vocabulary, text_only_support=True)
+    scores = candidate_log_likelihoods(model, params, jnp.asarray(load(query, False)[None, None]),
+                                       jnp.asarray(tokens[None]), candidates, mask)
+    assert result["predictions"][query.id] == int(np.argmax(scores[0]))
+
+
+def test_rices_puts_the_most_similar_support_image_next_to_the_query():
+  query = np.array([[1.0, 0.0]])
+  support = np.array([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+  np.testing.assert_array_equal(harness.rices.rices(query, support, 2), [[2, 1]])
+
+
+def test_cli_writes_a_table_and_json(tmp_path, data, tiny_config, tiny_model):
+  flamingo_jax.save(tmp_path / "ckpt", tiny_model[1], tiny_config)
+  output = tmp_path / "okvqa.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = subprocess.run(
+      [sys.executable, "-m", "flamingo_jax.evaluate", f"--checkpoint={tmp_path / 'ckpt'}",
+       "--benchmark=okvqa", f"--data_dir={data['okvqa']}", "--shots=0,2", "--batch_size=2",
+       "--beam_size=1", "--selection=rices", f"--output={output}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "| okvqa shots | accuracy |" in run.stdout
+  results = json.loads(output.read_text())
+  assert set(results["results"]) == {"0", "2"}
+  assert len(results["results"]["2"]["predictions"]) == 3
