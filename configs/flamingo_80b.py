@@ -8,4 +8,7 @@ from flamingo_jax.config import chinchilla_lm, paper_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return paper_config(chinchilla_lm(80, 8192, 64), xattn_every=7)
+  # The 70B LM does not fit a chip: its heads and MLP split 16 ways (the paper's 16-way model
+  # parallelism), everything else 16 ways over fsdp, and the remaining chips take data shards.
+  return paper_config(chinchilla_lm(80, 8192, 64), xattn_every=7,
+                      mesh=dict(data=-1, fsdp=16, tensor=16))

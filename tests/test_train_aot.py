@@ -10,4 +10,4 @@ def test_the_tiny_step_compiles_for_a_tpu_topology():
   text = aot.report(config, "v5p:2x2x1")
   assert "topology v5p:2x2x1: 4 x TPU v5" in text
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in text
-  assert "of 95.00 GiB HBM" in text and "FLOPs per step per chip" in text
+  assert "of 95.00 GiB HBM" in text and "model FLOPs per step per chip" in text

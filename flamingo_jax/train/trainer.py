@@ -39,6 +39,7 @@ from flamingo_jax.data import mixtures
 from flamingo_jax.flamingo import trainable as trainable_lib
 from flamingo_jax.flamingo.scan import stack_layers
 from flamingo_jax.train import checkpointing, optimizer, partitioning
+from flamingo_jax.train import flops as flops_lib
 from flamingo_jax.train import step as step_lib
 
 # Peak dense bfloat16 FLOP/s per device, for the MFU estimate; other devices report none.
@@ -140,7 +141,7 @@ class Trainer:
 
   def compiled_step(self, state, frozen, batches):
     """The train step compiled for this batch structure (round robin has one per task), with
-    explicit shardings; (executable, FLOPs per step or None)."""
+    explicit shardings; (executable, model FLOPs per step per chip)."""
     key = jax.tree.structure(batches), tuple(x.shape for x in jax.tree.leaves(batches))
     if key not in self._compiled:
       batch_shardings = jax.tree.map(lambda x: x.sharding, batches)
@@ -152,10 +153,20 @@ class Trainer:
           donate_argnums=(0,))
       with self.context():
         compiled = step_fn.lower(state, frozen, batches).compile()
-      cost = compiled.cost_analysis()
-      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-      self._compiled[key] = compiled, (cost or {}).get("flops")
+        flops = self.model_flops(state, frozen, batches)
+      self._compiled[key] = compiled, flops / self.mesh.size
     return self._compiled[key]
+
+  def model_flops(self, state, frozen, batches) -> float:
+    """Matmul and convolution FLOPs of one step, all chips together, counted from the jaxpr
+    (flamingo_jax.train.flops) of the step without rematerialisation: the model's work, not
+    the recomputation, as MFU counts it."""
+    config = self.config.copy_and_resolve_references()
+    config.model.remat = "none"
+    model = model_factory.build_model(config)
+    return flops_lib.count(
+        lambda s, f, b: step_lib.train_step(model, self.tx, s, f, b, config.train.microbatches),
+        state, frozen, batches)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list[dict]:
@@ -200,7 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list
       metrics.update(learning_rate=float(trainer.schedule(step)), step_seconds=seconds,
                      tokens_per_second=step_tokens(batches) / seconds,
                      **gate_values(state.params))
-      if flops and peak:  # The compiled program is one chip's: its FLOPs are per chip.
+      if peak:
         metrics["mfu"] = flops / seconds / peak
       writer.write_scalars(done, metrics)
       progress.set_postfix(loss=f"{metrics['loss']:.4f}")
