@@ -18,6 +18,9 @@ setuptools.setup(
         "ml_collections>=0.1.1",
         "absl-py",
         "numpy",
+        "ml_dtypes",  # bfloat16 / float8 tensors of imported checkpoints.
+        "safetensors",  # Hugging Face checkpoints (checkpoints/tensors.py).
+        "tokenizers",  # Hugging Face tokenizers (tokenizer.json).
         "pillow",
         "av",  # PyAV: video decoding (FFmpeg bundled).
         "sentencepiece",  # seqio.SentencePieceVocabulary.
@@ -34,6 +37,8 @@ setuptools.setup(
     extras_require={
         # libtpu, for compiling TPU programs ahead of time on any machine (train/aot.py).
         "tpu": ["jax[tpu]"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]"],
+        # torch and transformers: reference models for the checkpoint import tests (and torch
+        # to read PyTorch .bin checkpoints).
+        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.14.1", "transformers"],
     },
 )

@@ -1,9 +1,11 @@
-"""Multi-head attention: self or cross, grouped-query, RoPE or Transformer-XL relative positions,
-with an explicit key/value cache for decoding.
+"""Multi-head attention: self or cross, grouped-query, RoPE, ALiBi or Transformer-XL relative
+positions, with an explicit key/value cache for decoding.
 
 Shapes: B batch, Lq / Lk query / key length, H query heads, K key/value heads (H % K == 0),
 Dh head width.
 """
+
+import math
 
 import flax.linen as nn
 import flax.struct
@@ -47,6 +49,24 @@ def sinusoid(positions: jax.Array, dim: int) -> jax.Array:
   inv_freq = 10000.0 ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
   angles = positions[:, None].astype(jnp.float32) * inv_freq
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def alibi_slopes(num_heads: int, bias_max: float = 8.0) -> jax.Array:
+  """ALiBi's per-head slopes [H] (Press et al.), as MPT computes them: 2^(-bias_max * h / n) for
+  h = 1..n, n the next power of two; other head counts take the odd then the even slopes of n."""
+  n = 2 ** math.ceil(math.log2(num_heads))
+  slopes = 2.0 ** (-bias_max * jnp.arange(1, n + 1, dtype=jnp.float32) / n)
+  if n != num_heads:
+    slopes = jnp.concatenate([slopes[1::2], slopes[::2]])[:num_heads]
+  return slopes
+
+
+def alibi_bias(q_positions: jax.Array, kv_positions: jax.Array, num_heads: int,
+               bias_max: float = 8.0) -> jax.Array:
+  """-slope * (query position - key position): q_positions [B, Lq], kv_positions [B, S] ->
+  [B, H, Lq, S]."""
+  distance = (kv_positions[:, None, :] - q_positions[:, :, None]).astype(jnp.float32)
+  return alibi_slopes(num_heads, bias_max)[None, :, None, None] * distance[:, None]
 
 
 def dot_product_attention(q, k, v, mask, bias=None):
@@ -100,8 +120,10 @@ class Projection(nn.Module):
 class MultiHeadAttention(nn.Module):
   """Attention of `inputs_q` over `inputs_kv` (the same array for self-attention).
 
-  position: "none", "rope" (rotary on q and k) or "relative" (Transformer-XL, as in Gopher and
+  position: "none", "rope" (rotary on q and k), "alibi" (MPT: a per-head linear penalty on the
+  distance, `alibi_bias_max` setting the slopes) or "relative" (Transformer-XL, as in Gopher and
   Chinchilla: learned content and position biases and a projection of sinusoids of the distance).
+  clip_qkv: clip the projected queries, keys and values to [-clip_qkv, clip_qkv] (MPT).
   """
   num_heads: int
   head_dim: int
@@ -111,12 +133,18 @@ class MultiHeadAttention(nn.Module):
   position: str = "none"
   rope_theta: float = 10000.0
   rope_fraction: float = 1.0
+  alibi_bias_max: float = 8.0
+  clip_qkv: float | None = None
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   def _proj(self, heads, axes, use_bias, name):
     return Projection((heads, self.head_dim), axes, use_bias, self.dtype, self.param_dtype,
                       name=name)
+
+  def _qkv(self, heads, use_bias, name, x):
+    y = self._proj(heads, ("embed", "heads", "kv"), use_bias, name)(x)
+    return y if self.clip_qkv is None else jnp.clip(y, -self.clip_qkv, self.clip_qkv)
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask, q_positions=None, kv_positions=None,
@@ -137,11 +165,11 @@ class MultiHeadAttention(nn.Module):
         raise ValueError("Projected keys and values are for position-free cross-attention.")
       k, v = inputs_kv.k, inputs_kv.v
     else:
-      k = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "key")(inputs_kv)
-      v = self._proj(kv_heads, ("embed", "heads", "kv"), self.qkv_bias, "value")(inputs_kv)
+      k = self._qkv(kv_heads, self.qkv_bias, "key", inputs_kv)
+      v = self._qkv(kv_heads, self.qkv_bias, "value", inputs_kv)
     if inputs_q is None:
       return KVCache(k=k, v=v), None
-    q = self._proj(self.num_heads, ("embed", "heads", "kv"), self.qkv_bias, "query")(inputs_q)
+    q = self._qkv(self.num_heads, self.qkv_bias, "query", inputs_q)
 
     if self.position == "rope":
       lk = k.shape[1]
@@ -159,6 +187,8 @@ class MultiHeadAttention(nn.Module):
     bias = None
     if self.position == "relative":
       q, bias = self._relative_position_terms(q, q_positions, kv_positions, inputs_q.shape[-1])
+    elif self.position == "alibi":
+      bias = alibi_bias(q_positions, kv_positions, self.num_heads, self.alibi_bias_max)
     elif self.position not in ("none", "rope"):
       raise ValueError(f"Unknown attention position scheme {self.position!r}.")
 

@@ -1,7 +1,8 @@
 """One decoder-only LM family whose config switches cover LLaMA-style models (RMSNorm, RoPE,
 SwiGLU, grouped-query attention, optional QKV bias, tied or untied embeddings), GPT-2-style
 models (LayerNorm, learned positions, GELU MLP, biases), GPT-NeoX (parallel residual, partial
-rotary) and Chinchilla (RMSNorm, Transformer-XL relative positions, GELU MLP).
+rotary), MPT (ALiBi, bias-free LayerNorm and projections, clipped QKV) and Chinchilla (RMSNorm,
+Transformer-XL relative positions, GELU MLP).
 
 The LM exposes its pieces (`embed`, `blocks`, `head`) so that Flamingo can interleave its gated
 cross-attention layers between the frozen blocks without copying them. `num_extra_tokens` new
@@ -42,9 +43,11 @@ class LMConfig:
   qkv_bias: bool = False
   out_bias: bool = False
   norm_bias: bool = True             # LayerNorm only.
-  position: str = "rope"             # "rope" | "learned" | "relative" | "none"
+  position: str = "rope"             # "rope" | "learned" | "relative" | "alibi" | "none"
   rope_theta: float = 10000.0
   rope_fraction: float = 1.0         # GPT-NeoX rotary_pct.
+  alibi_bias_max: float = 8.0        # MPT: sets the ALiBi slopes.
+  clip_qkv: float | None = None      # MPT: clip q, k, v to [-clip_qkv, clip_qkv].
   max_length: int = 2048             # Learned position table size.
   tie_embeddings: bool = False
   parallel_residual: bool = False    # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)).
@@ -119,9 +122,9 @@ class DecoderBlock(nn.Module):
     h, cache = MultiHeadAttention(
         num_heads=c.num_heads, head_dim=c.dh, num_kv_heads=c.num_kv_heads,
         qkv_bias=c.qkv_bias, out_bias=c.out_bias,
-        position=c.position if c.position in ("rope", "relative") else "none",
-        rope_theta=c.rope_theta, rope_fraction=c.rope_fraction, dtype=self.dtype,
-        param_dtype=self.param_dtype, name="attention")(
+        position=c.position if c.position in ("rope", "relative", "alibi") else "none",
+        rope_theta=c.rope_theta, rope_fraction=c.rope_fraction, alibi_bias_max=c.alibi_bias_max,
+        clip_qkv=c.clip_qkv, dtype=self.dtype, param_dtype=self.param_dtype, name="attention")(
             hn, hn, mask, q_positions, kv_positions, cache, cache_index)
     mlp = Mlp(c.mlp_dim, c.activation, c.gated_mlp, c.mlp_bias, self.dtype, self.param_dtype,
               name="mlp")

@@ -1,0 +1,124 @@
+"""Lazy, read-only access to the tensors of a Hugging Face checkpoint directory.
+
+A directory holds `model.safetensors` or `pytorch_model.bin`, or either sharded with an index
+(`model.safetensors.index.json` / `pytorch_model.bin.index.json`, whose `weight_map` names each
+tensor's file). Opening reads only headers; a tensor is read when asked for, so a checkpoint
+larger than host memory is walked one tensor at a time. PyTorch files are memory-mapped by
+`torch.load(mmap=True, weights_only=True)` and need torch installed.
+"""
+
+import json
+import pathlib
+import struct
+
+import ml_dtypes
+import numpy as np
+import safetensors
+
+# Safetensors dtypes that numpy lacks: read as a memory map of the file's bytes.
+RAW_DTYPES = {
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+}
+
+# (index, single file) of each format, in the order they are looked for.
+LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+
+
+class SafetensorsFile:
+  """One .safetensors file: numpy dtypes through `safe_open`, bfloat16 and float8 from the
+  offsets in the file's header."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self.handle = safetensors.safe_open(str(path), framework="numpy")
+    with open(path, "rb") as f:
+      (size,) = struct.unpack("<Q", f.read(8))
+      self.header = json.loads(f.read(size))
+    self.data_start = 8 + size
+
+  def keys(self) -> list[str]:
+    return [k for k in self.header if k != "__metadata__"]
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(self.header[key]["shape"])
+
+  def get(self, key: str) -> np.ndarray:
+    info = self.header[key]
+    if info["dtype"] not in RAW_DTYPES:
+      return self.handle.get_tensor(key)
+    begin, _ = info["data_offsets"]
+    return np.memmap(self.path, RAW_DTYPES[info["dtype"]], "r", self.data_start + begin,
+                     tuple(info["shape"]))
+
+
+class TorchFile:
+  """One PyTorch state dict file, memory-mapped."""
+
+  def __init__(self, path: pathlib.Path):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f"Reading {path} needs PyTorch (pip install torch); safetensors "
+                        "checkpoints do not.") from e
+    self.torch = torch
+    self.state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+  def keys(self) -> list[str]:
+    return list(self.state)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(self.state[key].shape)
+
+  def get(self, key: str) -> np.ndarray:
+    t = self.state[key]
+    if t.dtype == self.torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits.
+      return t.view(self.torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _open_file(path: pathlib.Path):
+  return SafetensorsFile(path) if path.suffix == ".safetensors" else TorchFile(path)
+
+
+class CheckpointTensors:
+  """name -> tensor of a checkpoint directory; files are opened on first use.
+
+  keys() and shape() read headers only (for PyTorch files: the memory-mapped state dict);
+  get(name) returns a numpy array (a memory map where the format allows).
+  """
+
+  def __init__(self, directory):
+    self.directory = pathlib.Path(directory)
+    self.files = {}
+    for index, single in LAYOUTS:
+      if (self.directory / index).exists():
+        self.weight_map = json.loads((self.directory / index).read_text())["weight_map"]
+        return
+      if (self.directory / single).exists():
+        self.weight_map = {k: single for k in self._file(single).keys()}
+        return
+    raise FileNotFoundError(
+        f"{directory} holds no Hugging Face checkpoint: expected one of "
+        f"{[name for layout in LAYOUTS for name in layout]}.")
+
+  def _file(self, name: str):
+    if name not in self.files:
+      self.files[name] = _open_file(self.directory / name)
+    return self.files[name]
+
+  def keys(self) -> list[str]:
+    return list(self.weight_map)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self.weight_map
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return self._file(self.weight_map[key]).shape(key)
+
+  def get(self, key: str) -> np.ndarray:
+    return self._file(self.weight_map[key]).get(key)
