@@ -22,7 +22,7 @@ import seqio
 from flamingo_jax.data import images as images_lib
 from flamingo_jax.decode import beam_search, candidate_log_likelihoods, left_pad, right_pad
 from flamingo_jax.evaluation import prompts, rices
-from flamingo_jax.evaluation.benchmarks import BENCHMARKS, Benchmark
+from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 from flamingo_jax.evaluation.datasets import Example
 
 # OpenFlamingo's generation lengths.
@@ -75,7 +75,7 @@ class MediaLoader:
     return np.stack([self.image(p) for p in paths])
 
 
-def support_answer(benchmark: Benchmark, classes, example: Example) -> str:
+def support_answer(classes, example: Example) -> str:
   """The text a support example shows: its class name, or its most common answer (a caption's
   first reference)."""
   if classes is not None:
@@ -140,7 +140,7 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
     for query, indices in zip(batch, chosen[start:start + settings.batch_size]):
       shown = [support[i] for i in indices]
       prompt_list.append(prompts.prompt_tokens(
-          format_, [(s.question, support_answer(benchmark, classes, s)) for s in shown],
+          format_, [(s.question, support_answer(classes, s)) for s in shown],
           query.question, vocabulary, text_only_support=text_only))
       media.append(np.stack(([] if text_only else [load(s, video) for s in shown])
                             + [load(query, video)]))
