@@ -230,7 +230,7 @@ def test_video_qa_with_a_video_field_and_missing_frames(tmp_path):
 def test_registry_covers_the_paper_benchmarks():
   assert set(benchmarks.BENCHMARKS) == {
       "coco", "flickr30k", "vqav2", "okvqa", "textvqa", "vizwiz", "hateful_memes", "imagenet",
-      "msvdqa", "msrvttqa"}
+      "msvdqa", "msrvttqa", "synthetic_caption", "synthetic_vqa", "synthetic_binding"}
   for name, benchmark in benchmarks.BENCHMARKS.items():
     assert benchmark.task in benchmarks.TASKS, name
     assert (benchmark.classes is not None) == (benchmark.task == "classification"), name

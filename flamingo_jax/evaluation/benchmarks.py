@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from flamingo_jax.evaluation import datasets, metrics
 from flamingo_jax.evaluation.datasets import Example
 
-TASKS = ("caption", "vqa", "classification", "video_vqa")
+TASKS = ("caption", "vqa", "classification", "video_vqa", "binding")
 
 Predictions = Mapping[str, Any]  # {example.id: prediction}
 
@@ -50,8 +50,8 @@ def score_vqa(predictions: Predictions, examples: Sequence[Example]) -> dict[str
                                                 [e.answers for e in examples])}
 
 
-def score_video_qa(predictions: Predictions, examples: Sequence[Example]) -> dict[str, float]:
-  """{"accuracy"}: exact match of generated answers with the one answer."""
+def score_exact_match(predictions: Predictions, examples: Sequence[Example]) -> dict[str, float]:
+  """{"accuracy"}: exact match of generated answers with the one answer (video QA, binding)."""
   _labelled(examples, "answers")
   return {"accuracy": metrics.exact_match(_aligned(predictions, examples),
                                           [e.answers[0] for e in examples])}
@@ -75,12 +75,13 @@ def score_roc_auc(predictions: Predictions, examples: Sequence[Example]) -> dict
 class Benchmark:
   """read: (data_dir, split) -> [Example]. task: one of TASKS. metric: ({id: prediction},
   examples) -> {name: value}. support_split / eval_split: where few-shot examples come from
-  and what is scored (the labelled split nearest to the paper's). classes: data_dir -> the
+  and what is scored (the labelled split nearest to the paper's); an episodic benchmark has no
+  support split, each query brings its own (`Example.support`). classes: data_dir -> the
   class names by label, for classification (the candidates to rank)."""
   read: Callable[[str, str], list[Example]]
   task: str
   metric: Callable[[Predictions, Sequence[Example]], dict[str, float]]
-  support_split: str
+  support_split: str | None
   eval_split: str
   classes: Callable[[str], tuple[str, ...]] | None = None
 
@@ -103,6 +104,14 @@ BENCHMARKS = {
                                classes=lambda _: datasets.HATEFUL_MEMES_CLASSES),
     "imagenet": Benchmark(datasets.read_imagenet, "classification", score_top1, "train", "val",
                           classes=_imagenet_class_names),
-    "msvdqa": Benchmark(datasets.read_msvdqa, "video_vqa", score_video_qa, "train", "test"),
-    "msrvttqa": Benchmark(datasets.read_msrvttqa, "video_vqa", score_video_qa, "train", "test"),
+    "msvdqa": Benchmark(datasets.read_msvdqa, "video_vqa", score_exact_match, "train",
+                        "test"),
+    "msrvttqa": Benchmark(datasets.read_msrvttqa, "video_vqa", score_exact_match, "train",
+                          "test"),
+    # The embedded demo's held-out tasks on synthetic scenes (flamingo_jax.evaluation.synthetic).
+    "synthetic_caption": Benchmark(datasets.read_synthetic, "caption", score_captions,
+                                   "support", "test"),
+    "synthetic_vqa": Benchmark(datasets.read_synthetic, "vqa", score_vqa, "support", "test"),
+    "synthetic_binding": Benchmark(datasets.read_synthetic, "binding", score_exact_match, None,
+                                   "test"),
 }

@@ -24,12 +24,15 @@ class Example:
     in the official sets), the one answer (video QA), or the class name (classification);
     () where the split has no labels.
   label: the class index (classification); None otherwise or where the split has no labels.
+  support: the query's own support examples, for episodic tasks whose support only holds for
+    its query (novel-word binding: the words are made up per episode); () otherwise.
   """
   id: str
   image_paths: tuple[str, ...]
   question: str | None = None
   answers: tuple[str, ...] = ()
   label: int | None = None
+  support: tuple["Example", ...] = ()
 
 
 def _load_json(path: str):
@@ -237,3 +240,20 @@ def read_msrvttqa(data_dir: str, split: str) -> list[Example]:
   """MSRVTT-QA: `<split>_qa.json` (train, val, test); MSR-VTT's videos video0..video9999,
   frames at `frames/video<video_id>/*.jpg`."""
   return _read_video_qa(data_dir, split, "video")
+
+
+# The embedded synthetic benchmarks (flamingo_jax.evaluation.synthetic writes them).
+
+
+def _synthetic_example(record: dict, data_dir: str) -> Example:
+  return Example(record["id"], tuple(os.path.join(data_dir, p) for p in record["images"]),
+                 record.get("question"), tuple(record["answers"]),
+                 support=tuple(_synthetic_example(s, data_dir)
+                               for s in record.get("support", ())))
+
+
+def read_synthetic(data_dir: str, split: str) -> list[Example]:
+  """`<split>.json`: [{"id", "images": [path under data_dir], "question" (or null), "answers",
+  "support": [records like this one] (episodic tasks only)}]."""
+  return [_synthetic_example(r, data_dir)
+          for r in _load_json(os.path.join(data_dir, f"{split}.json"))]

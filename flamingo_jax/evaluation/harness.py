@@ -6,7 +6,8 @@ For every query of the evaluation split: pick N support examples from the suppor
   20 new tokens for captions, 5 for answers), the text post-processed into the answer;
 - classification: the log-likelihood of every class name (close-ended scoring); ImageNet
   predicts the best class, HatefulMemes scores "yes" against "no".
-Zero shots is the paper's zero-shot mode: two text-only support examples.
+Zero shots is the paper's zero-shot mode: two text-only support examples. An episodic
+benchmark (novel-word binding) prompts each query with its own first N support examples.
 """
 
 import collections
@@ -26,7 +27,7 @@ from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 from flamingo_jax.evaluation.datasets import Example
 
 # OpenFlamingo's generation lengths.
-MAX_NEW_TOKENS = {"caption": 20, "vqa": 5, "video_vqa": 5}
+MAX_NEW_TOKENS = {"caption": 20, "vqa": 5, "video_vqa": 5, "binding": 5}
 # Benchmark images are scored as they are: none of the web-scrape filters of training applies.
 BENCHMARK_IMAGES = images_lib.ImageFilter(min_side=1, max_aspect=float("inf"))
 
@@ -95,11 +96,24 @@ def decode_text(tokens: np.ndarray, vocabulary: seqio.Vocabulary, stop: int) -> 
   return vocabulary.decode([t for t in ids if t < vocabulary.vocab_size])
 
 
+def episode_support(queries: list[Example], shots: int) -> np.ndarray:
+  """Indices [Q, shots] of each query's own first `shots` support examples in the list of all
+  the queries' support examples, in order."""
+  sizes = np.array([len(q.support) for q in queries])
+  if shots > sizes.min():
+    raise ValueError(f"{shots} shots, but an episode has only {sizes.min()} support examples")
+  starts = np.cumsum(sizes) - sizes
+  return starts[:, None] + np.arange(shots)
+
+
 def select_support(settings: Settings, shots: int, queries: list[Example], support: list[Example],
-                   features, rng: np.random.Generator) -> np.ndarray:
-  """Support indices [Q, n]: zero shots take two random text-only examples."""
+                   features, rng: np.random.Generator, episodic: bool = False) -> np.ndarray:
+  """Support indices [Q, n]: zero shots take two random text-only examples (for an episodic
+  benchmark, from any episode: their words say nothing about the query's)."""
   if shots == 0:
     return rices.random_support(len(queries), len(support), prompts.ZERO_SHOT_TEXT_EXAMPLES, rng)
+  if episodic:
+    return episode_support(queries, shots)
   if settings.selection == "rices":
     return rices.rices(features(queries), features(support), shots)
   if settings.selection != "random":
@@ -113,14 +127,16 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
   with `shots` support examples per query."""
   benchmark = BENCHMARKS[name]
   queries = benchmark.read(data_dir, benchmark.eval_split)
-  support = benchmark.read(data_dir, benchmark.support_split)
   rng = np.random.default_rng(settings.seed)
   if settings.num_samples and settings.num_samples < len(queries):
     queries = [queries[i] for i in sorted(rng.choice(len(queries), settings.num_samples,
                                                      replace=False))]
+  episodic = benchmark.support_split is None
+  support = ([s for q in queries for s in q.support] if episodic
+             else benchmark.read(data_dir, benchmark.support_split))
   classes = benchmark.classes(data_dir) if benchmark.classes else None
   style = prompts.FORMATS[settings.style]
-  format_ = style.get(name, style[benchmark.task])
+  format_ = style[name] if name in style else style[benchmark.task]
   video = benchmark.task == "video_vqa"
   load = MediaLoader(config.model, settings.num_frames)
   if settings.selection == "rices" and video:
@@ -131,7 +147,7 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
         model, params, jnp.asarray(np.stack([load(e, False)[0] for e in examples[i:i + 64]]))))
         for i in range(0, len(examples), 64)])
 
-  chosen = select_support(settings, shots, queries, support, features, rng)
+  chosen = select_support(settings, shots, queries, support, features, rng, episodic)
   text_only = shots == 0
   predictions = {}
   for start in range(0, len(queries), settings.batch_size):

@@ -26,16 +26,18 @@ from flamingo_jax.data import preprocess
 class Format:
   """query: the text after `<image>` up to the answer, with `{question}` where the question
   goes; separator: what comes between the query and an answer (the paper writes a space,
-  OpenFlamingo nothing), so generation starts where an answer would."""
+  OpenFlamingo nothing), so generation starts where an answer would; end: what follows an
+  answer (the synthetic tasks end sentences with a full stop)."""
   query: str
   separator: str = ""
+  end: str = ""
 
   def text(self, question: str | None, answer: str | None = None) -> str:
     query = self.query.format(question=question or "")
     return query if answer is None else query + self.answer(answer)
 
   def answer(self, answer: str) -> str:
-    return self.separator + answer
+    return self.separator + answer + self.end
 
 
 FORMATS = {
@@ -54,9 +56,13 @@ FORMATS = {
                                 "Answer:"),
     },
 }
-# Video QA prompts as VQA does; its media are clips instead of images.
+# Video QA prompts as VQA does; its media are clips instead of images. The synthetic tasks
+# prompt as their training text reads (flamingo_jax.data.synthetic.training_text), in any style.
 for _style in FORMATS.values():
   _style["video_vqa"] = _style["vqa"]
+  _style.update(synthetic_caption=Format(""),
+                synthetic_vqa=Format("Question: {question} Answer:", " "),
+                synthetic_binding=Format("This is a", " ", end="."))
 
 ZERO_SHOT_TEXT_EXAMPLES = 2
 
@@ -86,10 +92,11 @@ def answer_tokens(format_: Format, answer: str, vocabulary: seqio.Vocabulary) ->
 
 def postprocess(text: str, kind: str) -> str:
   """A generated continuation -> the answer: the text before a new question or line; VQA
-  answers also stop at the first sentence end (OpenFlamingo's postprocessing)."""
+  answers (and bound words) also stop at the first sentence end (OpenFlamingo's
+  postprocessing)."""
   for marker in ("Question", "Output", "\n"):
     text = text.split(marker, 1)[0]
-  if kind in ("vqa", "video_vqa"):
+  if kind in ("vqa", "video_vqa", "binding"):
     text = text.split(".", 1)[0]
   return text.strip()
 
