@@ -105,3 +105,9 @@ def restore(checkpoints: ocp.CheckpointManager, step: int, abstract_state, itera
       data=DataPositionRestore(iterator),
       frozen=ocp.args.JsonRestore()))
   return restored.state, restored.frozen
+
+
+def restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state):
+  """The TrainState of `step` alone, without moving a data iterator (to export or inspect)."""
+  return checkpoints.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state))).state

@@ -13,6 +13,9 @@
   and returns normally;
 - logs losses per task, the learning rate, the gradient norm, every tanh gate, tokens/s and the
   model FLOPs utilisation to TensorBoard, the console and `<workdir>/metrics.jsonl`.
+
+`export(config, workdir, directory)` writes the run's latest parameters as a `flamingo_jax.save`
+directory, which `flamingo_jax.load`, the evaluation CLI and a later run's frozen source read.
 """
 
 import contextlib
@@ -31,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow as tf
 import tqdm
 
 from flamingo_jax import model_factory
@@ -217,7 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list
       progress.set_postfix(loss=f"{metrics['loss']:.4f}")
       history.append({"step": done, **metrics})
       if is_chief:
-        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        # gfile: a pod's workdir is a gs:// bucket.
+        with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a") as f:
           f.write(json.dumps(history[-1]) + "\n")
     stop = preemption.requested.is_set()
     checkpointing.save(checkpoints, done, state, iterator, config, frozen_fingerprint,
@@ -231,3 +236,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list
   writer.flush()
   logging.info("%s", iterator.report())
   return history
+
+
+def export(config: ml_collections.ConfigDict, workdir: str, directory: str, devices=None):
+  """Writes the parameters of `workdir`'s latest checkpoint, the trained ones from it and the
+  frozen ones from their source, to `directory` (`flamingo_jax.save`); returns its path."""
+  trainer = Trainer(config, devices)
+  checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints"), 1, 1, False)
+  latest = checkpoints.latest_step()
+  if latest is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to export")
+  _, frozen = trainer.initial_params()
+  state = checkpointing.restore_state(checkpoints, latest, trainer.abstract_state)
+  checkpoints.close()
+  return orbax_io.save(directory, trainable_lib.merge(state.params, frozen), config)
