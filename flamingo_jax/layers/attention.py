@@ -69,11 +69,11 @@ def alibi_bias(q_positions: jax.Array, kv_positions: jax.Array, num_heads: int,
   return alibi_slopes(num_heads, bias_max)[None, :, None, None] * distance[:, None]
 
 
-def dot_product_attention(q, k, v, mask, bias=None):
-  """softmax(q k^T / sqrt(Dh) + bias, where mask) v.
+def attention_weights(q, k, mask, bias=None):
+  """softmax(q k^T / sqrt(Dh) + bias, where mask): float32 [B, H, Lq, Lk].
 
-  q: [B, Lq, H, Dh]; k, v: [B, Lk, K, Dh]; mask: bool [B, 1 or H, Lq, Lk];
-  bias: [B, H, Lq, Lk] or None. Returns [B, Lq, H, Dh].
+  q: [B, Lq, H, Dh]; k: [B, Lk, K, Dh]; mask: bool [B, 1 or H, Lq, Lk];
+  bias: [B, H, Lq, Lk] or None.
   """
   b, lq, h, dh = q.shape
   kv_heads = k.shape[2]
@@ -83,9 +83,24 @@ def dot_product_attention(q, k, v, mask, bias=None):
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   logits = jnp.where(mask, logits, NEG_INF)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  probs = probs.reshape(b, kv_heads, h // kv_heads, lq, -1)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def attend(weights, v):
+  """weights [B, H, Lq, Lk] . v [B, Lk, K, Dh] -> [B, Lq, H, Dh]."""
+  b, h, lq, _ = weights.shape
+  kv_heads, dh = v.shape[2:]
+  probs = weights.astype(v.dtype).reshape(b, kv_heads, h // kv_heads, lq, -1)
   return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, lq, h, dh)
+
+
+def dot_product_attention(q, k, v, mask, bias=None):
+  """softmax(q k^T / sqrt(Dh) + bias, where mask) v.
+
+  q: [B, Lq, H, Dh]; k, v: [B, Lk, K, Dh]; mask: bool [B, 1 or H, Lq, Lk];
+  bias: [B, H, Lq, Lk] or None. Returns [B, Lq, H, Dh].
+  """
+  return attend(attention_weights(q, k, mask, bias), v)
 
 
 class Projection(nn.Module):
@@ -192,7 +207,10 @@ class MultiHeadAttention(nn.Module):
     elif self.position not in ("none", "rope"):
       raise ValueError(f"Unknown attention position scheme {self.position!r}.")
 
-    out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, bias)
+    weights = attention_weights(q, k.astype(q.dtype), mask, bias)
+    # For inspection only: kept when "intermediates" is mutable in `apply`, else a no-op.
+    self.sow("intermediates", "attention_weights", weights)
+    out = attend(weights, v.astype(q.dtype))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = Projection((inputs_q.shape[-1],), ("heads", "kv", "embed"), self.out_bias, self.dtype,
                      self.param_dtype, name="out")(out)
