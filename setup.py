@@ -40,6 +40,7 @@ setuptools.setup(
         # torch and transformers: reference models for the checkpoint import tests (and torch
         # to read PyTorch .bin checkpoints). The CPU build: CUDA builds bring triton, which
         # crashes when imported into a process that has loaded libtpu (the AOT tests).
-        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.13.0", "transformers"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.13.0", "transformers",
+                 "nbclient", "nbformat", "ipykernel"],  # The colab's test.
     },
 )
