@@ -14,7 +14,7 @@ Example schemas (H = W = image_size):
 - vqa: {"image": uint8 [H, W, 3], "question": str, "answer": str}
 - interleaved: {"images": uint8 [N, H, W, 3], "texts": [N] str}, text i follows image i, N in 1..5.
 - binding: {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,
-  "candidates": [ways] str}: K = ways * shots support images, each followed by "This is a dax.",
+  "candidates": [ways] str}: K = ways * shots support images, each followed by "This is a dex.",
   then the query image followed by "This is a"; the document reads on with answer + ".".
 
 The registered Tasks (`register_synthetic_tasks`) read these through `training_text` into the
@@ -54,8 +54,11 @@ DEFAULT_SPLIT_SIZES = {"train": 100_000, "validation": 1_000}
 MAX_OBJECTS = 4
 MAX_DOCUMENT_IMAGES = 5  # The paper keeps the first 5 images of an M3W document.
 
-_ONSETS = tuple("bdfgklmnprstvz") + ("bl", "dr", "gl", "kr", "pl", "st", "tr")
-_VOWELS = tuple("aeiou")
+# Made-up words use no letter of the frame "This is a" and none twice: a model continues a word
+# it copies by finding the letter it just wrote earlier in the context, which is then always
+# inside that word.
+_ONSETS = tuple("bdfgklmnprtvz") + ("bl", "dr", "gl", "kr", "pl", "tr")
+_VOWELS = tuple("eou")
 _CODAS = tuple("ktxpn")
 # Nonsense words must not be words the captions already use.
 _ENGLISH = frozenset(
@@ -184,15 +187,26 @@ def question_answer(scene: list[Obj], rng: np.random.Generator) -> tuple[str, st
   return f"Where is the {obj.colour} {obj.shape}?", obj.position
 
 
-def nonsense_word(rng: np.random.Generator) -> str:
-  """A pronounceable made-up word of one or two syllables and a closing consonant: 'dax',
-  'blikot'."""
+def nonsense_word(rng: np.random.Generator, vowel: str) -> str:
+  """A pronounceable made-up word of one syllable on `vowel`, with no letter twice: 'dex',
+  'blup'. There are a few hundred; a word means something only within its episode."""
   while True:
-    syllables = [str(rng.choice(_ONSETS)) + str(rng.choice(_VOWELS))
-                 for _ in range(int(rng.integers(1, 3)))]
-    word = "".join(syllables) + str(rng.choice(_CODAS))
-    if word not in _ENGLISH:
+    word = str(rng.choice(_ONSETS)) + vowel + str(rng.choice(_CODAS))
+    if word not in _ENGLISH and len(set(word)) == len(word):
       return word
+
+
+def episode_words(rng: np.random.Generator, count: int) -> list[str]:
+  """`count` (at most 3, one per vowel) made-up words that share no letter."""
+  while True:
+    words = []
+    for vowel in rng.permutation(_VOWELS)[:count]:
+      word = nonsense_word(rng, str(vowel))
+      if set(word) & set("".join(words)):
+        break
+      words.append(word)
+    if len(words) == count:
+      return words
 
 
 # Examples.
@@ -231,8 +245,9 @@ def binding_example(seed: int, split: str, index: int, image_size: int = 32, way
                     shots: int = 2) -> dict:
   """A fast-concept-binding document (Frozen, Tsimpoukelli et al. 2021).
 
-  The document draws `ways` fresh nonsense words and binds each to a shape, or each to a colour,
-  for this document only. Support images show one object each, every concept `shots` times in
+  The document draws `ways` fresh nonsense words that share no letter (so each letter of the
+  context points to one word) and binds each to a shape, or each to a colour, for this
+  document only. Support images show one object each, every concept `shots` times in
   random order, with "This is a <word>."; the other attribute varies across a concept's shots so
   only the bound one identifies the word. The query image shows one bound concept and is followed by "This is a".
 
@@ -242,13 +257,11 @@ def binding_example(seed: int, split: str, index: int, image_size: int = 32, way
   rng = example_rng(seed, "binding", split, index)
   by_shape = rng.random() < 0.5
   concepts = list(SHAPES) if by_shape else list(PALETTE)
-  if not 2 <= ways <= len(concepts):
-    raise ValueError(f"ways {ways} must be in 2..{len(concepts)} (there are {len(SHAPES)} shapes)")
+  if not 2 <= ways <= min(len(concepts), len(_VOWELS)):
+    raise ValueError(f"ways {ways} must be in 2..{min(len(concepts), len(_VOWELS))} (there "
+                     f"are {len(SHAPES)} shapes and {len(_VOWELS)} vowels for distinct words)")
   concepts = [concepts[int(c)] for c in rng.permutation(len(concepts))[:ways]]
-  words = []
-  while len(words) < ways:
-    if (word := nonsense_word(rng)) not in words:
-      words.append(word)
+  words = episode_words(rng, ways)
 
   others = list(PALETTE) if by_shape else list(SHAPES)
 
