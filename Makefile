@@ -12,7 +12,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m flamingo_jax.demo --config=configs/tiny.py
+	$(VENV)/bin/python -m flamingo_jax.demo --config=configs/demo.py
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 tests

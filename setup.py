@@ -31,6 +31,7 @@ setuptools.setup(
         "clu",  # Metric writers: TensorBoard and the console.
         "tensorboard",
         "tqdm",
+        "matplotlib",  # The demo's plots.
         "pycocoevalcap",  # CIDEr and BLEU as the COCO caption evaluation computes them (java).
         "scikit-learn",  # ROC-AUC.
     ],

@@ -1,67 +1,173 @@
-"""`make demo`: a forward pass and a short greedy generation with a Flamingo config.
+"""`make demo`: the whole of Flamingo in miniature, offline, on a CPU, in minutes.
 
-Until the trained miniature lands, the weights here are random: the output shows the model runs
-end to end (vision encoder -> resampler -> gated cross-attention -> LM -> KV-cache decoding),
-not that it has learned anything.
+  python -m flamingo_jax.demo [--config=configs/demo.py] [--workdir=demo_workdir]
 
-  python -m flamingo_jax.demo --config=configs/tiny.py [--config.model.lm.num_layers=6]
+Every stage goes through the library's own public paths, and leaves its result in the work
+directory, so a second run skips what is done (and an interrupted training resumes):
+1. lm/: pretrain a small LM on the synthetic source's text (flamingo_jax.lm.pretrain: the
+   mixture's token streams without their pixels), then freeze it;
+2. vision/: pretrain the vision tower contrastively on synthetic image-caption pairs with the
+   paper's two-term loss (flamingo_jax.vision.contrastive), then freeze it;
+3. flamingo/: train the resampler and gated cross-attention on the loss-weighted mixture of
+   interleaved documents, pairs, VQA and novel-word binding documents, on both frozen towers;
+4. evaluate with the few-shot harness at 0, 4 and 8 shots on held-out synthetic benchmarks:
+   captioning (CIDEr), VQA (VQA accuracy), and novel-word binding (accuracy), whose made-up
+   words exist only in each episode's support examples;
+5. results.json, results.png (scores against shots, training curves) and a printed table.
 """
 
+import json
+import os
+import pathlib
 import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
 
-from flamingo_jax.decode import generate
-from flamingo_jax.flamingo import trainable
+from flamingo_jax.checkpoints import orbax_io
+from flamingo_jax.data import mixtures
+from flamingo_jax.evaluation import harness
+from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
+from flamingo_jax.lm import pretrain
 from flamingo_jax.model_factory import create
+from flamingo_jax.train import trainer
+from flamingo_jax.vision import contrastive
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model config file.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "Tokens to generate.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where every stage leaves its results.")
+
+BENCHMARK_METRICS = {"synthetic_caption": "CIDEr", "synthetic_vqa": "accuracy",
+                     "synthetic_binding": "accuracy"}
 
 
-def count(tree) -> int:
-  return sum(x.size for x in jax.tree.leaves(tree))
+def metrics_history(workdir: pathlib.Path) -> list[dict]:
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
 
 
-def interleaved_prompt(config, rng: np.random.Generator, num_images: int, text_tokens: int):
-  """`<image> text <EOC> <image> text <EOC> ... <image>`: the shape of a few-shot prompt."""
-  vocab, image, eoc = config.lm.vocab_size, config.media_token_id, config.eoc_token_id
-  pieces = []
-  for i in range(num_images):
-    pieces.append([image])
-    if i < num_images - 1:
-      pieces.append(list(rng.integers(0, vocab, text_tokens)) + [eoc])
-  return np.concatenate(pieces).astype(np.int32)[None]
+def pretrained(workdir: pathlib.Path, description: str, num_steps: int, train_fn):
+  """Runs (or skips) a pretraining stage `train_fn(progress) -> (params, history)`, keeping
+  its parameters (orbax) and history in `workdir`; returns the parameters."""
+  path = (workdir / "params").resolve()
+  with ocp.StandardCheckpointer() as checkpointer:
+    if not path.exists():
+      print(f"== {description}", flush=True)
+      with tqdm.tqdm(total=num_steps, desc=workdir.name) as progress:
+        params, history = train_fn(progress)
+      checkpointer.save(path, params)
+      (workdir / "history.json").write_text(json.dumps(history))
+    return checkpointer.restore(path)
+
+
+def frozen_towers(config, lm_params, vision_params, directory: pathlib.Path) -> pathlib.Path:
+  """A `flamingo_jax.save` checkpoint of the pretrained LM and vision tower, with a freshly
+  initialised bridge: the frozen source of stage 3."""
+  if not (directory / orbax_io.CONFIG_FILE).exists():
+    _, params = create(config, jax.random.key(config.seed))
+    params = dict(params, lm=lm_params, vision_encoder=vision_params)
+    orbax_io.save(directory, params, config)
+  return directory
+
+
+def train_flamingo(config, frozen: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+  """Stage 3: the train loop on the frozen towers (resumes, or skips when exported)."""
+  export = workdir / "export"
+  if not (export / orbax_io.CONFIG_FILE).exists():
+    print("== 3/4 training Flamingo on the loss-weighted synthetic mixture", flush=True)
+    config = config.copy_and_resolve_references()
+    config.train.frozen.source, config.train.frozen.path = "checkpoint", str(frozen)
+    trainer.train(config, str(workdir))
+    trainer.export(config, str(workdir), str(export))
+  return export
+
+
+def evaluate(config, checkpoint: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """Stage 4: {benchmark: {shots: metrics}}, cached in workdir/evaluation.json."""
+  output = workdir / "evaluation.json"
+  if output.exists():
+    return json.loads(output.read_text())
+  print("== 4/4 few-shot evaluation on held-out synthetic benchmarks", flush=True)
+  e = config.demo.eval
+  model, params, _ = orbax_io.load(checkpoint, config)
+  vocabulary = mixtures.make_vocabulary(config.data.vocabulary)
+  data_dirs = synthetic_benchmarks.write_benchmarks(
+      str(workdir / "benchmarks"), config.model.vision.image_size, num_queries=e.num_queries,
+      num_support=e.num_support, max_shots=max(e.shots))
+  results = {}
+  runs = [(name, shots) for name in data_dirs for shots in e.shots]
+  for name, shots in tqdm.tqdm(runs, desc="evaluate"):
+    settings = harness.Settings(style="paper", batch_size=e.batch_size, beam_size=e.beam_size,
+                                max_new_tokens=e.max_new_tokens[name], seed=config.seed)
+    result = harness.evaluate(model, params, config, vocabulary, name, data_dirs[name], shots,
+                              settings)
+    results.setdefault(name, {})[str(shots)] = result["metrics"]
+  output.write_text(json.dumps(results, indent=2))
+  return results
+
+
+def table(results: dict) -> str:
+  shots = list(next(iter(results.values())))
+  lines = ["| benchmark | metric | " + " | ".join(f"{s} shots" for s in shots) + " |",
+           "| --- " * (len(shots) + 2) + "|"]
+  for name, by_shots in results.items():
+    metric = BENCHMARK_METRICS[name]
+    lines.append(f"| {name} | {metric} | "
+                 + " | ".join(f"{100 * by_shots[s][metric]:.1f}" for s in shots) + " |")
+  return "\n".join(lines)
+
+
+def plot(results: dict, curves: dict[str, list[dict]], path: pathlib.Path) -> None:
+  """Scores against shots, and the three stages' training curves."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (scores, losses) = plt.subplots(1, 2, figsize=(11, 4))
+  for name, by_shots in results.items():
+    metric = BENCHMARK_METRICS[name]
+    shots = [int(s) for s in by_shots]
+    scores.plot(shots, [100 * by_shots[str(s)][metric] for s in shots], "o-",
+                label=f"{name} ({metric})")
+  scores.set(xlabel="shots", ylabel="score", title="Few-shot, held-out synthetic tasks",
+             xticks=shots)
+  scores.legend()
+  for name, history in curves.items():
+    losses.plot([h["step"] for h in history], [h["loss"] for h in history], label=name)
+  losses.set(xlabel="step", ylabel="training loss", yscale="log", title="Training")
+  losses.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
+  workdir = pathlib.Path(_WORKDIR.value).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  model, params = create(config, jax.random.key(config.seed))
-  train, frozen = trainable.split(params, config.model.trainable)
-  print(f"Flamingo with RANDOM weights (nothing here is trained): "
-        f"{count(params):,} parameters, {count(train):,} trainable, {count(frozen):,} frozen.")
-
-  rng = np.random.default_rng(config.seed)
-  num_images = 3
-  size = config.model.vision.image_size
-  images = jnp.asarray(rng.uniform(-1, 1, (1, num_images, 1, size, size, 3)), jnp.float32)
-  tokens = jnp.asarray(interleaved_prompt(config.model, rng, num_images, text_tokens=5))
-  logits = jax.jit(model.apply)({"params": params}, images, tokens)
-  print(f"Forward pass: images {images.shape} + tokens {tokens.shape} -> logits {logits.shape}, "
-        f"finite: {bool(jnp.isfinite(logits).all())}.")
-
-  generated = generate(model, params, images, tokens, _NEW_TOKENS.value,
-                       stop_token=config.model.eoc_token_id)
-  print(f"Prompt tokens:    {tokens[0].tolist()}")
-  print(f"Greedy new tokens (random weights, so meaningless ids): {generated[0].tolist()}")
-  print(f"Done in {time.perf_counter() - start:.1f} s.")
+  lm_params = pretrained(workdir / "lm", "1/4 pretraining the LM on the synthetic text",
+                         config.lm_pretraining.num_steps,
+                         lambda progress: pretrain.train(config, progress))
+  vision_params = pretrained(workdir / "vision", "2/4 contrastive pretraining of the vision tower",
+                             config.contrastive.num_steps,
+                             lambda progress: contrastive.train(config, progress))["vision_encoder"]
+  frozen = frozen_towers(config, lm_params, vision_params, workdir / "frozen")
+  flamingo = train_flamingo(config, frozen, workdir / "flamingo")
+  results = evaluate(config, flamingo, workdir)
+  curves = {"LM": json.loads((workdir / "lm" / "history.json").read_text()),
+            "contrastive": json.loads((workdir / "vision" / "history.json").read_text()),
+            "Flamingo": metrics_history(workdir / "flamingo")}
+  (workdir / "results.json").write_text(json.dumps(
+      {"evaluation": results, "training": curves}, indent=2))
+  plot(results, curves, workdir / "results.png")
+  print(table(results))
+  print(f"Done in {time.perf_counter() - start:.0f} s. Results: {workdir / 'results.json'}, "
+        f"{workdir / 'results.png'}; the trained model: {flamingo} (flamingo_jax.load).")
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()
   app.run(main)

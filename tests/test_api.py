@@ -1,9 +1,4 @@
-"""The public surface: load_config, create, save / load, the demo CLI and greedy decoding."""
-
-import os
-import re
-import subprocess
-import sys
+"""The public surface: load_config, create, save / load and greedy decoding."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +8,6 @@ import pytest
 import flamingo_jax
 from flamingo_jax.decode import generate
 
-from conftest import REPO
 from test_flamingo import interleaved_batch, open_gates
 
 
@@ -73,19 +67,3 @@ def test_greedy_generation_stops_at_the_stop_token(tiny_config, tiny_model):
   np.testing.assert_array_equal(stopped[0, :2], free[0, :2])
   np.testing.assert_array_equal(stopped[0, 2:], [stop, stop])
 
-
-def run_demo(*flags):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-m", "flamingo_jax.demo", *flags], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout
-
-
-def test_demo_runs_and_a_command_line_field_changes_the_model():
-  default = run_demo("--config=configs/tiny.py", "--new_tokens=3")
-  assert "RANDOM weights" in default and "finite: True" in default
-  deeper = run_demo("--config=configs/tiny.py", "--config.model.lm.num_layers=6",
-                    "--new_tokens=3")
-  count = lambda out: int(re.search(r"([\d,]+) parameters", out).group(1).replace(",", ""))
-  assert count(deeper) > count(default)

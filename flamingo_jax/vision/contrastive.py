@@ -115,8 +115,8 @@ def train(config: ml_collections.ConfigDict, progress=None):
     return batch["images"][:, 0, 0]
 
   first = next(iterator)[c.task]
-  params = jax.jit(encoder.init)(jax.random.key(config.seed), images_of(first),
-                                 text_tokens(first["tokens"]))["params"]
+  params = nn.unbox(jax.jit(encoder.init)(jax.random.key(config.seed), images_of(first),
+                                          text_tokens(first["tokens"]))["params"])
   schedule = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, c.warmup_steps,
                                                 c.num_steps)
   tx = optax.adamw(schedule, weight_decay=0.1)
