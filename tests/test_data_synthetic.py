@@ -88,36 +88,49 @@ def test_captions_are_true_to_the_pixels(image_size):
       assert example["text"].endswith(S.POSITION_PHRASES[scene[0].position])
 
 
+def answer_of(question: str, scene) -> str:
+  """The one true answer to a synthetic question about `scene` (the object it names is
+  unique)."""
+  if m := re.fullmatch(r"How many (\w+) (\w+)s are there\?", question):
+    return str(sum(o.colour == m[1] and o.shape == m[2] for o in scene))
+  if m := re.fullmatch(r"What colour is the (\w+)\?", question):
+    (answer,) = [o.colour for o in scene if o.shape == m[1]]
+  elif m := re.fullmatch(r"What shape is the (\w+) object\?", question):
+    (answer,) = [o.shape for o in scene if o.colour == m[1]]
+  elif m := re.fullmatch(r"Where is the (\w+) (\w+)\?", question):
+    (answer,) = [o.position for o in scene if (o.colour, o.shape) == (m[1], m[2])]
+  else:
+    raise AssertionError(question)
+  return answer
+
+
 def test_vqa_answers_are_true_to_the_pixels():
   kinds = collections.Counter()
   for i in range(80):
     example = S.vqa_example(5, "train", i)
-    scene, q, a = read_scene(example["image"]), example["question"], example["answer"]
-    if m := re.fullmatch(r"How many (\w+) (\w+)s are there\?", q):
-      assert int(a) == sum(o.colour == m[1] and o.shape == m[2] for o in scene)
-    elif m := re.fullmatch(r"What colour is the (\w+)\?", q):
-      assert [o.colour for o in scene if o.shape == m[1]] == [a]
-    elif m := re.fullmatch(r"What shape is the (\w+) object\?", q):
-      assert [o.shape for o in scene if o.colour == m[1]] == [a]
-    elif m := re.fullmatch(r"Where is the (\w+) (\w+)\?", q):
-      assert [o.position for o in scene if (o.colour, o.shape) == (m[1], m[2])] == [a]
-    else:
-      raise AssertionError(q)
-    kinds[q.split()[1]] += 1
+    question = example["question"]
+    assert answer_of(question, read_scene(example["image"])) == example["answer"]
+    kinds[question.split()[1]] += 1
   assert set(kinds) == {"many", "colour", "shape", "is"}
 
 
-def test_interleaved_documents_caption_each_image():
-  lengths = set()
-  for i in range(30):
+def test_interleaved_documents_describe_each_image_in_their_page_style():
+  lengths, styles = set(), collections.Counter()
+  for i in range(60):
     doc = S.interleaved_example(0, "train", i)
     assert doc["images"].ndim == 4 and len(doc["images"]) == len(doc["texts"])
     lengths.add(len(doc["texts"]))
+    styles[doc["style"]] += 1
     for image, text in zip(doc["images"], doc["texts"]):
-      first = text.split(".")[0].lower()
+      if doc["style"] == "questions":
+        question, answer = re.fullmatch(r"Question: (.*) Answer: (\w+)", text).groups()
+        assert answer_of(question, read_scene(image)) == answer
+        continue
+      first = text.split(".")[0].lower() if doc["style"] == "prose" else text
       assert parse_caption(first) == collections.Counter(
           (o.colour, o.shape) for o in read_scene(image))
   assert lengths == set(range(1, S.MAX_DOCUMENT_IMAGES + 1))
+  assert set(styles) == set(S.PAGE_STYLES)
 
 
 def concept_of(image: np.ndarray, words: dict) -> str:

@@ -12,7 +12,8 @@ sharding is exact and a resumed run sees the same examples.
 Example schemas (H = W = image_size):
 - pair: {"image": uint8 [H, W, 3], "text": str}
 - vqa: {"image": uint8 [H, W, 3], "question": str, "answer": str}
-- interleaved: {"images": uint8 [N, H, W, 3], "texts": [N] str}, text i follows image i, N in 1..5.
+- interleaved: {"images": uint8 [N, H, W, 3], "texts": [N] str, "style": str}, text i follows
+  image i, N in 1..5, in one of the PAGE_STYLES.
 - binding: {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,
   "candidates": [ways] str}: K = ways * shots support images, each followed by "This is a dex.",
   then the query image followed by "This is a"; the document reads on with answer + ".".
@@ -226,19 +227,37 @@ def vqa_example(seed: int, split: str, index: int, image_size: int = 32) -> dict
   return {"image": render(scene, image_size), "question": question, "answer": answer}
 
 
+def qa_text(question: str, answer: str) -> str:
+  """The paper's VQA-as-caption text (and the synthetic VQA prompt format)."""
+  return f"Question: {question} Answer: {answer}"
+
+
+# The styles of an interleaved page, as the web has them: prose about each picture, a gallery of
+# captions, a page of questions and answers. The last two read as the few-shot prompts of
+# flamingo_jax.evaluation.prompts (FORMATS[...]["synthetic_caption" / "synthetic_vqa"]).
+PAGE_STYLES = ("prose", "gallery", "questions")
+
+
+def page_text(style: str, scene: list[Obj], rng: np.random.Generator) -> str:
+  if style == "gallery":
+    return caption(scene)
+  question, answer = question_answer(scene, rng)
+  if style == "questions":
+    return qa_text(question, answer)
+  text = sentence(caption(scene))
+  return text + f" {question} {sentence(answer)}" if rng.random() < 0.5 else text
+
+
 def interleaved_example(seed: int, split: str, index: int, image_size: int = 32) -> dict:
-  """{"images": uint8 [N, H, W, 3], "texts": [N] str}, N in 1..5: each image is followed by
-  prose about it, its caption and sometimes a question with its answer."""
+  """{"images": uint8 [N, H, W, 3], "texts": [N] str, "style": str}, N in 1..5: each image is
+  followed by text about it in the page's style (PAGE_STYLES): prose (its caption as a
+  sentence, sometimes a question and its answer), a bare caption, or "Question: ... Answer:
+  ..."."""
   rng = example_rng(seed, "interleaved", split, index)
+  style = PAGE_STYLES[int(rng.integers(len(PAGE_STYLES)))]
   scenes = [sample_scene(rng) for _ in range(int(rng.integers(1, MAX_DOCUMENT_IMAGES + 1)))]
-  texts = []
-  for scene in scenes:
-    text = sentence(caption(scene))
-    if rng.random() < 0.5:
-      question, answer = question_answer(scene, rng)
-      text += f" {question} {sentence(answer)}"
-    texts.append(text)
-  return {"images": np.stack([render(s, image_size) for s in scenes]), "texts": texts}
+  return {"images": np.stack([render(s, image_size) for s in scenes]),
+          "texts": [page_text(style, scene, rng) for scene in scenes], "style": style}
 
 
 def binding_example(seed: int, split: str, index: int, image_size: int = 32, ways: int = 2,
@@ -339,8 +358,7 @@ def training_text(kind: str, example: dict) -> dict:
   if kind == "pairs":
     return example
   if kind == "vqa":
-    return {"image": example["image"],
-            "text": f"Question: {example['question']} Answer: {example['answer']}"}
+    return {"image": example["image"], "text": qa_text(example["question"], example["answer"])}
   texts = list(example["texts"])
   if kind == "binding":
     texts[-1] = f"{texts[-1]} {example['answer']}."
