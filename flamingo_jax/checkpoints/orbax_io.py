@@ -9,6 +9,7 @@ checkpoint loads into a model with either layout.
 import json
 import pathlib
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -45,10 +46,15 @@ def restore_unscanned(directory, abstract):
 
 
 def load(directory, config: ml_collections.ConfigDict | None = None):
-  """(model, params, config) from a directory written by `save`; params in the layout of
-  `config`, by default the stored config (another config must give the same parameter
-  shapes: a dtype, the layer scan or the data may differ)."""
+  """(model, params, config) from a directory written by `save`, on this host's first device;
+  params in the layout of `config`, by default the stored config (another config must give the
+  same parameter shapes: a dtype, the layer scan or the data may differ)."""
   config = load_config_json(directory) if config is None else config
   flat = unscanned(config)
-  params = restore_unscanned(directory, abstract_params(build_model(flat), flat))
+  # On this host's first device: the checkpoint's own shardings name the devices it was
+  # written from, which another machine (or device count) does not have.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract_params(build_model(flat), flat))
+  params = restore_unscanned(directory, abstract)
   return build_model(config), stack_layers(params, config.model), config
