@@ -41,7 +41,9 @@ setuptools.setup(
         # torch and transformers: reference models for the checkpoint import tests (and torch
         # to read PyTorch .bin checkpoints). The CPU build: CUDA builds bring triton, which
         # crashes when imported into a process that has loaded libtpu (the AOT tests).
+        # nbclient, nbformat, ipykernel: the colab's test; filelock: one demo run for all
+        # pytest workers.
         "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.13.0", "transformers",
-                 "nbclient", "nbformat", "ipykernel"],  # The colab's test.
+                 "nbclient", "nbformat", "ipykernel", "filelock"],
     },
 )

@@ -1,13 +1,16 @@
-"""Shared fixtures: the tiny config and a model built from it."""
+"""Shared fixtures: the tiny config and a model built from it; one shrunk demo run."""
 
 import os
 import pathlib
+import subprocess
+import sys
 
 # Eight CPU devices, so that meshes and sharding are tested on this machine. Set before JAX
 # starts; a test that uses no mesh runs on the first device as before.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
 
+import filelock  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import pytest
 
@@ -32,3 +35,52 @@ def tiny_forward(tiny_model):
   tokens) -> logits."""
   model, _ = tiny_model
   return jax.jit(lambda params, images, tokens: model.apply({"params": params}, images, tokens))
+
+
+# `make demo` with every stage cut to a few steps (configs/demo.py), for the demo and colab tests.
+SHRUNK_DEMO_FLAGS = [
+    "--config.lm_pretraining.num_steps=3", "--config.lm_pretraining.log_every=1",
+    "--config.lm_pretraining.optimizer.warmup_steps=1",
+    "--config.train.num_steps=3", "--config.train.log_every=1",
+    "--config.contrastive.num_steps=3", "--config.contrastive.log_every=1",
+    "--config.contrastive.warmup_steps=1", "--config.contrastive.batch_size=8",
+    "--config.demo.eval.num_queries=2", "--config.demo.eval.num_support=4",
+    "--config.demo.eval.batch_size=2", "--config.demo.eval.shots=(0,2)",
+    "--config.demo.eval.max_new_tokens.synthetic_caption=3",
+    "--config.demo.eval.max_new_tokens.synthetic_vqa=3",
+    "--config.demo.eval.max_new_tokens.synthetic_binding=3"]
+
+
+def user_environment() -> dict:
+  """This environment as a user's shell has it: the CPU, without the tests' eight devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  flags = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  if flags.strip():
+    env["XLA_FLAGS"] = flags
+  else:  # XLA reads a blank XLA_FLAGS as a file name.
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
+def run_shrunk_demo(workdir) -> str:
+  """Runs the shrunk demo in `workdir`; returns its stdout."""
+  result = subprocess.run(
+      [sys.executable, "-m", "flamingo_jax.demo", "--config=configs/demo.py",
+       f"--workdir={workdir}", *SHRUNK_DEMO_FLAGS], cwd=REPO, env=user_environment(),
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+@pytest.fixture(scope="session")
+def shrunk_demo(tmp_path_factory, worker_id):
+  """(work directory, stdout) of one shrunk demo run for the whole session, however many
+  pytest-xdist workers ask for it (xdist's recipe: a directory they share, and a lock)."""
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent
+  workdir, stdout = root / "shrunk_demo", root / "shrunk_demo.stdout"
+  with filelock.FileLock(str(root / "shrunk_demo.lock")):
+    if not stdout.exists():
+      stdout.write_text(run_shrunk_demo(workdir))
+  return workdir, stdout.read_text()
