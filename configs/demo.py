@@ -37,14 +37,14 @@ def get_config() -> ml_collections.ConfigDict:
           "synthetic_pairs": dict(weight=0.2, batch_size=8, max_length=48, max_images=1),
       },
   ))
-  config.update(training_sections(num_steps=200, log_every=25, checkpoint_every=100,
+  config.update(training_sections(num_steps=400, log_every=25, checkpoint_every=100,
                                   frozen_dtype="float32"))
   config.train.optimizer.update(learning_rate=3e-3, warmup_steps=20)
   # Stage 1: the LM on the mixture's text (flamingo_jax.lm.pretrain).
   lm_optimizer = default_optimizer_config()
   lm_optimizer.update(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1, no_decay=())
   config.lm_pretraining = ml_collections.ConfigDict(dict(
-      num_steps=1000, log_every=25, optimizer=lm_optimizer))
+      num_steps=800, log_every=25, optimizer=lm_optimizer))
   # Stage 2: the contrastive vision tower (flamingo_jax.vision.contrastive).
   config.contrastive = ml_collections.ConfigDict(dict(
       task="synthetic_pairs", num_steps=300, batch_size=64, learning_rate=1e-3,
