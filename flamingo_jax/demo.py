@@ -121,6 +121,7 @@ def table(results: dict) -> str:
 
 def plot(results: dict, curves: dict[str, list[dict]], path: pathlib.Path) -> None:
   """Scores against shots, and the three stages' training curves."""
+  # Imported here, headless: only this function draws.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -151,10 +152,10 @@ def main(argv):
   lm_params = pretrained(workdir / "lm", "1/4 pretraining the LM on the synthetic text",
                          config.lm_pretraining.num_steps,
                          lambda progress: pretrain.train(config, progress))
-  vision_params = pretrained(workdir / "vision", "2/4 contrastive pretraining of the vision tower",
-                             config.contrastive.num_steps,
-                             lambda progress: contrastive.train(config, progress))["vision_encoder"]
-  frozen = frozen_towers(config, lm_params, vision_params, workdir / "frozen")
+  towers = pretrained(workdir / "vision", "2/4 contrastive pretraining of the vision tower",
+                      config.contrastive.num_steps,
+                      lambda progress: contrastive.train(config, progress))
+  frozen = frozen_towers(config, lm_params, towers["vision_encoder"], workdir / "frozen")
   flamingo = train_flamingo(config, frozen, workdir / "flamingo")
   results = evaluate(config, flamingo, workdir)
   curves = {"LM": json.loads((workdir / "lm" / "history.json").read_text()),
@@ -169,5 +170,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()
   app.run(main)
