@@ -17,18 +17,7 @@ from flamingo_jax.data import mixtures
 from flamingo_jax.flamingo.model import lm_config
 from flamingo_jax.lm.model import DecoderLM
 from flamingo_jax.train import optimizer as optimizer_lib
-from flamingo_jax.train.step import token_loss_sums
-
-
-def mixture_text_loss(lm: DecoderLM, params, batches: dict):
-  """The mixture's objective on text: sum over tasks of loss_weight * mean token loss."""
-  total, per_task = 0.0, {}
-  for key, batch in batches.items():
-    logits = lm.apply({"params": params}, batch["tokens"])
-    loss_sum, count = token_loss_sums(logits, batch["targets"], batch["weights"])
-    per_task[f"loss/{key}"] = loss_sum / jnp.maximum(count, 1.0)
-    total += batch["loss_weight"] * per_task[f"loss/{key}"]
-  return total, per_task
+from flamingo_jax.train.step import weighted_loss
 
 
 def train(config: ml_collections.ConfigDict, progress=None):
@@ -45,8 +34,9 @@ def train(config: ml_collections.ConfigDict, progress=None):
 
   @jax.jit
   def step(params, opt_state, batches):
-    (loss, per_task), grads = jax.value_and_grad(
-        lambda p: mixture_text_loss(lm, p, batches), has_aux=True)(params)
+    # The mixture's objective (train.step), on the LM's logits of the text alone.
+    (loss, per_task), grads = jax.value_and_grad(lambda p: weighted_loss(
+        lambda batch: lm.apply({"params": p}, batch["tokens"]), batches), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, {"loss": loss, **per_task}
 

@@ -49,10 +49,16 @@ def mixture_loss(model, params, batches: dict, token_counts: dict | None = None)
   so that microbatch losses add up to the batch's mean. Returns the loss and
   {f"loss/{key}": unweighted mean token loss (this microbatch's share of it)}.
   """
+  return weighted_loss(
+      lambda batch: model.apply({"params": params}, batch["images"], batch["tokens"]),
+      batches, token_counts)
+
+
+def weighted_loss(logits_fn, batches: dict, token_counts: dict | None = None):
+  """`mixture_loss` for any model: logits_fn(batch) -> logits [B, L, V]."""
   total, per_batch = 0.0, {}
   for key, batch in batches.items():
-    logits = model.apply({"params": params}, batch["images"], batch["tokens"])
-    loss_sum, count = token_loss_sums(logits, batch["targets"], batch["weights"])
+    loss_sum, count = token_loss_sums(logits_fn(batch), batch["targets"], batch["weights"])
     if token_counts is not None:
       count = token_counts[key]
     per_batch[f"loss/{key}"] = loss_sum / jnp.maximum(count, 1.0)
