@@ -133,39 +133,36 @@ def test_interleaved_documents_describe_each_image_in_their_page_style():
   assert set(styles) == set(S.PAGE_STYLES)
 
 
-def concept_of(image: np.ndarray, words: dict) -> str:
-  """The image's single object's shape or colour, whichever this document binds."""
-  (obj,) = read_scene(image)
-  return obj.shape if obj.shape in words else obj.colour
-
-
 def test_binding_answer_is_the_word_bound_in_the_support_texts():
-  bindings = []
+  bindings, positions_per_kind = [], []
   for i in range(40):
-    doc = S.binding_example(0, "train", i, ways=2, shots=2)
-    assert doc["images"].shape == (5, 32, 32, 3) and len(doc["texts"]) == 5
+    doc = S.binding_example(0, "train", i, ways=2, shots=3)
+    assert doc["images"].shape == (7, 32, 32, 3) and len(doc["texts"]) == 7
     assert doc["texts"][-1] == "This is a"
-    # Read the binding from the support examples: concept shown (from pixels) -> word in the text.
+    # Read the binding from the support examples: kind shown (from pixels) -> word in the text.
     support = collections.defaultdict(set)
+    positions = collections.defaultdict(set)
     for image, text in zip(doc["images"][:-1], doc["texts"][:-1]):
       word = re.fullmatch(r"This is a (\w+)\.", text)[1]
       (obj,) = read_scene(image)
       support[word].add((obj.shape, obj.colour))
+      positions[word].add(obj.position)
     assert sorted(support) == sorted(doc["candidates"]) and len(support) == 2
-    # Each word's images share exactly one attribute (the bound concept) and the words differ on it.
-    shared = {w: set.intersection(*({s, c} for s, c in objs)) for w, objs in support.items()}
-    assert all(len(v) == 1 for v in shared.values())
-    binding = {v.pop(): w for w, v in shared.items()}
-    assert len(binding) == 2
+    # Each word names one kind, shown 3 times; the kinds differ in shape and in colour.
+    assert all(len(kinds) == 1 for kinds in support.values())
+    binding = {kinds.pop(): word for word, kinds in support.items()}
+    (a_shape, a_colour), (b_shape, b_colour) = binding
+    assert a_shape != b_shape and a_colour != b_colour
     (query,) = read_scene(doc["images"][-1])
-    assert doc["answer"] == binding.get(query.shape, binding.get(query.colour))
+    assert doc["answer"] == binding[(query.shape, query.colour)]
     bindings.append(binding)
+    positions_per_kind += [len(p) for p in positions.values()]
   # Fresh words and bindings per document: nothing to memorise across documents.
   assert len({frozenset(b.items()) for b in bindings}) == len(bindings)
   words = [w for b in bindings for w in b.values()]
-  assert len(set(words)) > 0.8 * len(words)
-  # Both kinds of concept get bound: shapes in some documents, colours in others.
-  assert {bool(set(b) & set(S.SHAPES)) for b in bindings} == {True, False}
+  assert len(set(words)) > 0.7 * len(words)  # Words drawn from a few hundred.
+  # A kind is shown at varying positions.
+  assert np.mean(np.array(positions_per_kind) > 1) > 0.8
 
 
 def dataset_fn(make):

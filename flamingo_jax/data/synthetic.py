@@ -265,38 +265,31 @@ def binding_example(seed: int, split: str, index: int, image_size: int = 32, way
   """A fast-concept-binding document (Frozen, Tsimpoukelli et al. 2021).
 
   The document draws `ways` fresh nonsense words that share no letter (so each letter of the
-  context points to one word) and binds each to a shape, or each to a colour, for this
-  document only. Support images show one object each, every concept `shots` times in
-  random order, with "This is a <word>."; the other attribute varies across a concept's shots so
-  only the bound one identifies the word. The query image shows one bound concept and is followed by "This is a".
+  context points to one word) and binds each, for this document only, to a kind of object: a
+  shape in a colour, the kinds differing in both. As Frozen's words name object categories seen
+  in varying poses, a kind is shown at varying positions. Support images show one object each,
+  every kind `shots` times in random order, with "This is a <word>."; the query image shows one
+  of the kinds and is followed by "This is a".
 
   Returns {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,
   "candidates": [ways] str} with K = ways * shots; candidates are the bound words.
   """
   rng = example_rng(seed, "binding", split, index)
-  by_shape = rng.random() < 0.5
-  concepts = list(SHAPES) if by_shape else list(PALETTE)
-  if not 2 <= ways <= min(len(concepts), len(_VOWELS)):
-    raise ValueError(f"ways {ways} must be in 2..{min(len(concepts), len(_VOWELS))} (there "
+  if not 2 <= ways <= min(len(SHAPES), len(_VOWELS)):
+    raise ValueError(f"ways {ways} must be in 2..{min(len(SHAPES), len(_VOWELS))} (there "
                      f"are {len(SHAPES)} shapes and {len(_VOWELS)} vowels for distinct words)")
-  concepts = [concepts[int(c)] for c in rng.permutation(len(concepts))[:ways]]
+  shapes = [str(s) for s in rng.permutation(SHAPES)[:ways]]
+  colours = [str(c) for c in rng.permutation(list(PALETTE))[:ways]]
   words = episode_words(rng, ways)
 
-  others = list(PALETTE) if by_shape else list(SHAPES)
+  def draw(kind):
+    position = str(rng.choice(list(POSITIONS)))
+    return render([Obj(shapes[kind], colours[kind], position)], image_size)
 
-  def draw(concept, other):
-    shape, colour = (concept, other) if by_shape else (other, concept)
-    return render([Obj(shape, colour, str(rng.choice(list(POSITIONS))))], image_size)
-
-  # A concept's shots differ in the other attribute (while there are values enough), so the
-  # support shows which attribute the word names.
-  support = [(c, str(o)) for c in range(ways)
-             for o in rng.choice(others, shots, replace=shots > len(others))]
-  support = [support[int(j)] for j in rng.permutation(len(support))]
+  support = [int(k) for k in rng.permutation(np.repeat(np.arange(ways), shots))]
   query = int(rng.integers(ways))
-  images = [draw(concepts[c], o) for c, o in support]
-  images.append(draw(concepts[query], str(rng.choice(others))))
-  texts = [f"This is a {words[c]}." for c, _ in support] + ["This is a"]
+  images = [draw(k) for k in support] + [draw(query)]
+  texts = [f"This is a {words[k]}." for k in support] + ["This is a"]
   return {"images": np.stack(images), "texts": texts, "answer": words[query],
           "candidates": words}
 

@@ -8,7 +8,7 @@ is scored by the same harness as COCO or VQAv2.
 - synthetic_caption: query captions from the "test" split, support from "validation"; CIDEr.
 - synthetic_vqa: one question per scene, likewise; VQA accuracy (one answer, repeated ten
   times as annotators would agree on an exact scene).
-- synthetic_binding: episodes of `ways` made-up words, each bound to a shape or a colour by
+- synthetic_binding: episodes of `ways` made-up words, each bound to a kind of object by
   `max_shots / ways` support images (flamingo_jax.data.synthetic.binding_example); the query
   is a new image of one of them. The support is ordered so that every even-length prefix shows
   each word equally often, so N shots is a fair N-shot episode. Accuracy of the generated word.
