@@ -24,6 +24,7 @@ raw schemas of `preprocess.py` and yield model examples; evaluation reads the ex
 
 import dataclasses
 import functools
+from typing import Iterator
 
 import numpy as np
 import seqio
@@ -389,6 +390,20 @@ class SyntheticSource:
 
   def preprocessors(self, kind: str) -> list:
     return []
+
+
+def corpus(seed: int, num_examples: int, split: str = "train", ways: int = 2,
+           shots: int = 2) -> Iterator[str]:
+  """The text of the first `num_examples` examples of every kind, one string per caption,
+  question-answer or document passage, as the registered Tasks read them (`training_text`):
+  what a tokenizer for these tasks is trained on."""
+  size = 12  # The smallest image render() draws: only the text is kept.
+  sources = [SyntheticSource(kind, seed, size, (), ways, shots) for kind in KINDS]
+  for index in range(num_examples):
+    for source in sources:
+      example = source.example(split, index)
+      yield from ([example["text"]] if "text" in example else
+                  [text for text in example["texts"] if text])
 
 
 TASK_KINDS = {"pairs": "pair", "vqa": "pair", "interleaved": "interleaved",
