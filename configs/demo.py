@@ -9,6 +9,10 @@ from flamingo_jax.config import model_config, training_sections
 from flamingo_jax.train.optimizer import default_optimizer_config
 
 
+# Stage 1 trains a BPE vocabulary of this size on the synthetic text (flamingo_jax.demo).
+VOCAB_SIZE = 512
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -16,45 +20,51 @@ def get_config() -> ml_collections.ConfigDict:
       vision=dict(kind="vit", image_size=32, patch_size=8, width=64, depth=2, num_heads=4,
                   mlp_dim=128, class_token=True, pre_norm=True, final_norm=True,
                   activation="gelu", norm_eps=1e-5, patch_bias=False),
-      lm=dict(vocab_size=259,  # seqio.ByteVocabulary: 256 bytes + pad, eos, unk.
+      lm=dict(vocab_size=VOCAB_SIZE,
               embed_dim=128, num_layers=4, num_heads=4, mlp_dim=256, norm="rms",
-              activation="silu", gated_mlp=True, position="rope", max_length=512),
+              activation="silu", gated_mlp=True, position="rope", max_length=512,
+              tie_embeddings=True),
       # The paper's resampler and gated blocks at toy width; a gated block before every LM
       # block, as Flamingo-3B has.
       resampler=dict(dim=64, depth=2, num_latents=8, num_heads=4, head_dim=16, max_frames=1),
       xattn=dict(every=1, head_dim=32),
   )
+  # Stage 1: a vocabulary in which every word of the synthetic language, made-up words
+  # included, is one token, as common words are for a real LM. A made-up word is then one token
+  # to copy from the context, which a small LM learns in minutes; copying it byte by byte needs
+  # induction heads, which form far later. The demo sets `data.vocabulary` to the model it trains.
+  config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=VOCAB_SIZE, num_examples=2000))
   config.data = ml_collections.ConfigDict(dict(
-      vocabulary="byte", strategy="accumulate", seed=0, split="train", task_modules=(),
+      vocabulary="", strategy="accumulate", seed=0, split="train", task_modules=(),
       synthetic=dict(seed=0, split_sizes={"train": 100_000, "validation": 1_000},
                      shuffle_buffer_size=64, ways=2, shots=2),
       tasks={
           # Documents get the paper's up to 5 images; pairs and VQA lower weights, as the
           # paper's pair datasets have.
-          "synthetic_interleaved": dict(weight=1.0, batch_size=8, max_length=128, max_images=5),
-          "synthetic_binding": dict(weight=1.0, batch_size=8, max_length=96, max_images=5),
-          "synthetic_vqa": dict(weight=0.5, batch_size=8, max_length=64, max_images=1),
-          "synthetic_pairs": dict(weight=0.2, batch_size=8, max_length=48, max_images=1),
+          "synthetic_interleaved": dict(weight=1.0, batch_size=8, max_length=96, max_images=5),
+          "synthetic_binding": dict(weight=1.0, batch_size=32, max_length=40, max_images=5),
+          "synthetic_vqa": dict(weight=0.5, batch_size=8, max_length=16, max_images=1),
+          "synthetic_pairs": dict(weight=0.2, batch_size=8, max_length=20, max_images=1),
       },
   ))
   config.update(training_sections(num_steps=400, log_every=25, checkpoint_every=100,
                                   frozen_dtype="float32"))
   config.train.optimizer.update(learning_rate=3e-3, warmup_steps=20)
-  # Stage 1: the LM on the mixture's text (flamingo_jax.lm.pretrain).
+  # Stage 2: the LM on the mixture's text (flamingo_jax.lm.pretrain).
   lm_optimizer = default_optimizer_config()
   lm_optimizer.update(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1, no_decay=())
   config.lm_pretraining = ml_collections.ConfigDict(dict(
       num_steps=800, log_every=25, optimizer=lm_optimizer))
-  # Stage 2: the contrastive vision tower (flamingo_jax.vision.contrastive).
+  # Stage 3: the contrastive vision tower (flamingo_jax.vision.contrastive).
   config.contrastive = ml_collections.ConfigDict(dict(
       task="synthetic_pairs", num_steps=300, batch_size=64, learning_rate=1e-3,
       warmup_steps=30, log_every=10, embed_dim=64,
       text=dict(width=64, depth=2, num_heads=4, max_length=64)))
-  # Stage 4: the few-shot evaluation (flamingo_jax.evaluation.harness).
+  # Stage 5: the few-shot evaluation (flamingo_jax.evaluation.harness).
   config.demo = ml_collections.ConfigDict(dict(
       eval=dict(shots=(0, 4, 8), num_queries=64, num_support=200, batch_size=16, beam_size=1,
-                # Byte tokens: a caption is up to ~40 characters, a word up to 7 and a stop.
-                max_new_tokens=dict(synthetic_caption=48, synthetic_vqa=12,
-                                    synthetic_binding=10)),
+                # Tokens are words: a caption has up to ~16 and a stop.
+                max_new_tokens=dict(synthetic_caption=20, synthetic_vqa=4,
+                                    synthetic_binding=4)),
   ))
   return config

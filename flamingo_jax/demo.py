@@ -4,16 +4,18 @@
 
 Every stage goes through the library's own public paths, and leaves its result in the work
 directory, so a second run skips what is done (and an interrupted training resumes):
-1. lm/: pretrain a small LM on the synthetic source's text (flamingo_jax.lm.pretrain: the
+1. tokenizer/: a BPE SentencePiece vocabulary of the synthetic text (`config.tokenizer`), in
+   which every word is one token;
+2. lm/: pretrain a small LM on the synthetic source's text (flamingo_jax.lm.pretrain: the
    mixture's token streams without their pixels), then freeze it;
-2. vision/: pretrain the vision tower contrastively on synthetic image-caption pairs with the
+3. vision/: pretrain the vision tower contrastively on synthetic image-caption pairs with the
    paper's two-term loss (flamingo_jax.vision.contrastive), then freeze it;
-3. flamingo/: train the resampler and gated cross-attention on the loss-weighted mixture of
+4. flamingo/: train the resampler and gated cross-attention on the loss-weighted mixture of
    interleaved documents, pairs, VQA and novel-word binding documents, on both frozen towers;
-4. evaluate with the few-shot harness at 0, 4 and 8 shots on held-out synthetic benchmarks:
+5. evaluate with the few-shot harness at 0, 4 and 8 shots on held-out synthetic benchmarks:
    captioning (CIDEr), VQA (VQA accuracy), and novel-word binding (accuracy), whose made-up
    words exist only in each episode's support examples;
-5. results.json, results.png (scores against shots, training curves) and a printed table.
+6. results.json, results.png (scores against shots, training curves) and a printed table.
 """
 
 import json
@@ -29,6 +31,8 @@ import tqdm
 
 from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import mixtures
+from flamingo_jax.data import synthetic
+from flamingo_jax.data import tokenizer
 from flamingo_jax.evaluation import harness
 from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
 from flamingo_jax.lm import pretrain
@@ -48,6 +52,18 @@ def metrics_history(workdir: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
+def vocabulary_path(config, directory: pathlib.Path) -> str:
+  """Stage 1: trains (or finds) the SentencePiece model of the synthetic text."""
+  path = directory / "spm.model"
+  if not path.exists():
+    print("== 1/5 training the tokenizer on the synthetic text", flush=True)
+    c, data = config.tokenizer, config.data.synthetic
+    tokenizer.train_sentencepiece(
+        synthetic.corpus(data.seed, c.num_examples, ways=data.ways, shots=data.shots),
+        c.vocab_size, path)
+  return str(path)
+
+
 def pretrained(workdir: pathlib.Path, description: str, num_steps: int, train_fn):
   """Runs (or skips) a pretraining stage `train_fn(progress) -> (params, history)`, keeping
   its parameters (orbax) and history in `workdir`; returns the parameters."""
@@ -64,7 +80,7 @@ def pretrained(workdir: pathlib.Path, description: str, num_steps: int, train_fn
 
 def frozen_towers(config, lm_params, vision_params, directory: pathlib.Path) -> pathlib.Path:
   """A `flamingo_jax.save` checkpoint of the pretrained LM and vision tower, with a freshly
-  initialised bridge: the frozen source of stage 3."""
+  initialised bridge: the frozen source of stage 4."""
   if not (directory / orbax_io.CONFIG_FILE).exists():
     _, params = create(config, jax.random.key(config.seed))
     params = dict(params, lm=lm_params, vision_encoder=vision_params)
@@ -73,10 +89,10 @@ def frozen_towers(config, lm_params, vision_params, directory: pathlib.Path) -> 
 
 
 def train_flamingo(config, frozen: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
-  """Stage 3: the train loop on the frozen towers (resumes, or skips when exported)."""
+  """Stage 4: the train loop on the frozen towers (resumes, or skips when exported)."""
   export = workdir / "export"
   if not (export / orbax_io.CONFIG_FILE).exists():
-    print("== 3/4 training Flamingo on the loss-weighted synthetic mixture", flush=True)
+    print("== 4/5 training Flamingo on the loss-weighted synthetic mixture", flush=True)
     config = config.copy_and_resolve_references()
     config.train.frozen.source, config.train.frozen.path = "checkpoint", str(frozen)
     trainer.train(config, str(workdir))
@@ -85,11 +101,11 @@ def train_flamingo(config, frozen: pathlib.Path, workdir: pathlib.Path) -> pathl
 
 
 def evaluate(config, checkpoint: pathlib.Path, workdir: pathlib.Path) -> dict:
-  """Stage 4: {benchmark: {shots: metrics}}, cached in workdir/evaluation.json."""
+  """Stage 5: {benchmark: {shots: metrics}}, cached in workdir/evaluation.json."""
   output = workdir / "evaluation.json"
   if output.exists():
     return json.loads(output.read_text())
-  print("== 4/4 few-shot evaluation on held-out synthetic benchmarks", flush=True)
+  print("== 5/5 few-shot evaluation on held-out synthetic benchmarks", flush=True)
   e = config.demo.eval
   model, params, _ = orbax_io.load(checkpoint, config)
   vocabulary = mixtures.make_vocabulary(config.data.vocabulary)
@@ -149,10 +165,11 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
+  config.data.vocabulary = vocabulary_path(config, workdir / "tokenizer")
   lm_params = pretrained(workdir / "lm", "1/4 pretraining the LM on the synthetic text",
                          config.lm_pretraining.num_steps,
                          lambda progress: pretrain.train(config, progress))
-  towers = pretrained(workdir / "vision", "2/4 contrastive pretraining of the vision tower",
+  towers = pretrained(workdir / "vision", "3/5 contrastive pretraining of the vision tower",
                       config.contrastive.num_steps,
                       lambda progress: contrastive.train(config, progress))
   frozen = frozen_towers(config, lm_params, towers["vision_encoder"], workdir / "frozen")

@@ -37,6 +37,16 @@ def tiny_forward(tiny_model):
   return jax.jit(lambda params, images, tokens: model.apply({"params": params}, images, tokens))
 
 
+@pytest.fixture(scope="session")
+def demo_vocabulary(tmp_path_factory) -> str:
+  """configs/demo.py's vocabulary, as `make demo` trains it in its stage 0."""
+  from flamingo_jax.data import synthetic, tokenizer  # pylint: disable=g-import-not-at-top
+  config = flamingo_jax.load_config(str(REPO / "configs" / "demo.py"))
+  return tokenizer.train_sentencepiece(
+      synthetic.corpus(config.data.synthetic.seed, config.tokenizer.num_examples),
+      config.tokenizer.vocab_size, tmp_path_factory.mktemp("tokenizer") / "spm.model")
+
+
 # `make demo` with every stage cut to a few steps (configs/demo.py), for the demo and colab tests.
 SHRUNK_DEMO_FLAGS = [
     "--config.lm_pretraining.num_steps=3", "--config.lm_pretraining.log_every=1",

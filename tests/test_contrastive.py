@@ -29,8 +29,9 @@ def test_loss_is_the_papers_two_terms():
 
 
 @pytest.fixture(scope="module")
-def demo_config():
+def demo_config(demo_vocabulary):
   config = flamingo_jax.load_config(str(REPO / "configs" / "demo.py"))
+  config.data.vocabulary = demo_vocabulary
   config.contrastive.update(num_steps=40, batch_size=32, log_every=10, warmup_steps=5)
   return config
 

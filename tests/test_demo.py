@@ -14,7 +14,7 @@ from conftest import run_shrunk_demo
 
 def test_demo_stages_results_and_cache(shrunk_demo):
   tmp_path, first = shrunk_demo
-  for stage in ("1/4", "2/4", "3/4", "4/4"):
+  for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
     assert f"== {stage}" in first
   results = json.loads((tmp_path / "results.json").read_text())
   assert set(results["evaluation"]) == {"synthetic_caption", "synthetic_vqa",
@@ -27,7 +27,7 @@ def test_demo_stages_results_and_cache(shrunk_demo):
   assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
   assert "| synthetic_binding | accuracy |" in first and "Results:" in first
 
-  # Stage 3 trains only the bridge, on the towers of stages 1 and 2.
+  # Stage 4 trains only the bridge, on the towers of stages 2 and 3.
   _, final, _ = flamingo_jax.load(tmp_path / "flamingo" / "export")
   final = traverse_util.flatten_dict(final, sep="/")
   with ocp.StandardCheckpointer() as checkpointer:
