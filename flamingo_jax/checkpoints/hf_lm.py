@@ -231,29 +231,40 @@ def import_lm(path, lm_config: LMConfig | None = None, shardings=None, *,
   path = pathlib.Path(path)
   hf = json.loads((path / "config.json").read_text())
   config = LMConfig.from_dict(lm_config_from_hf(hf)) if lm_config is None else lm_config
+  tensors = CheckpointTensors(path)
+  sources = hf_layouts.layout(hf["model_type"], config, tensors.keys())
+  ignore = lambda k: BUFFERS.search(k) or (config.tie_embeddings and k == "lm_head.weight")
+  return import_sources(tensors, sources, config, str(path), shardings, param_dtype=param_dtype,
+                        strict=strict, rng=rng, ignore=ignore)
+
+
+def import_sources(tensors, sources: dict[str, hf_layouts.Source], config: LMConfig, name: str,
+                   shardings=None, *, param_dtype=jnp.float32, strict: bool = True,
+                   rng: jax.Array | None = None, ignore=lambda key: False):
+  """(params, ImportReport) of `DecoderLM(config)` from any checkpoint format: `tensors` has
+  keys(), `in`, shape(key) (read without the data) and get(key) -> np.ndarray; `sources` maps
+  parameter paths to its tensors (hf_layouts.layout); `name` names the checkpoint in messages;
+  `ignore(key)` is true of tensors the LM has no use for. The rest as in `import_lm`."""
   model = DecoderLM(config, param_dtype=param_dtype)
   abstract = flax.traverse_util.flatten_dict(nn.meta.unbox(jax.eval_shape(
       model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]), sep="/")
-  tensors = CheckpointTensors(path)
   names = tensors.keys()
-  sources = hf_layouts.layout(hf["model_type"], config, names)
 
   # Everything is checked against the headers before a single tensor is read.
   errors = _shape_errors(sources, abstract, tensors)
   if errors:
-    raise ValueError(f"Checkpoint {path} does not fit the LM config:\n  " + "\n  ".join(errors))
+    raise ValueError(f"Checkpoint {name} does not fit the LM config:\n  " + "\n  ".join(errors))
   absent = {p: [k for k in sources[p].keys if k not in tensors] for p in abstract if p in sources}
   fresh = [p for p in abstract if p not in sources or absent[p]]
   missing = tuple(dict.fromkeys(
       [k for p in fresh if p in sources for k in absent[p]]
       + [p for p in fresh if p not in sources and p not in NEW_PARAMS]))
   used = {k for p in abstract if p in sources for k in sources[p].keys if k in tensors}
-  ignored = tuple(k for k in names if k not in used and (
-      BUFFERS.search(k) or (config.tie_embeddings and k == "lm_head.weight")))
+  ignored = tuple(k for k in names if k not in used and ignore(k))
   unexpected = tuple(k for k in names if k not in used and k not in ignored)
   if strict and (missing or unexpected):
     raise ValueError(
-        f"Checkpoint {path} does not fit the LM config: missing {list(missing)}, unexpected "
+        f"Checkpoint {name} does not fit the LM config: missing {list(missing)}, unexpected "
         f"{list(unexpected)}. Is the config that of the checkpoint? (strict=False imports what "
         "fits and initialises the rest.)")
 
@@ -273,7 +284,7 @@ def import_lm(path, lm_config: LMConfig | None = None, shardings=None, *,
   if fresh:
     params |= _fresh(model, fresh, flat_shardings, jax.random.key(0) if rng is None else rng)
   report = ImportReport(
-      path=str(path), loaded=tuple(sorted(used)), missing=missing,
+      path=name, loaded=tuple(sorted(used)), missing=missing,
       unexpected=unexpected, reshaped=tuple(reshaped), initialised=tuple(fresh), ignored=ignored)
   return flax.traverse_util.unflatten_dict(params, sep="/"), report
 

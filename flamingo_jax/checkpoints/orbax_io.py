@@ -1,4 +1,5 @@
-"""A Flamingo checkpoint directory: `params/` (orbax) and `config.json` (the resolved config).
+"""A Flamingo checkpoint directory: `params/` (orbax) and `config.json` (the resolved config);
+one converted from an LM checkpoint also holds that LM's tokenizer, `tokenizer.json`.
 
 Every directory this library writes, by training or by conversion, has this layout, so
 `flamingo_jax.load` reads any of them. The parameters are stored unscanned (one subtree per
@@ -18,6 +19,7 @@ from flamingo_jax.model_factory import abstract_params, build_model, unscanned
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+TOKENIZER_FILE = "tokenizer.json"  # Hugging Face tokenizers' format (hf_lm.load_tokenizer).
 
 
 def save(directory, params, config: ml_collections.ConfigDict) -> pathlib.Path:

