@@ -39,7 +39,7 @@ def tiny_forward(tiny_model):
 
 @pytest.fixture(scope="session")
 def demo_vocabulary(tmp_path_factory) -> str:
-  """configs/demo.py's vocabulary, as `make demo` trains it in its stage 0."""
+  """configs/demo.py's vocabulary, as `make demo` trains it in its first stage."""
   from flamingo_jax.data import synthetic, tokenizer  # pylint: disable=g-import-not-at-top
   config = flamingo_jax.load_config(str(REPO / "configs" / "demo.py"))
   return tokenizer.train_sentencepiece(
