@@ -166,7 +166,7 @@ def main(argv):
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   config.data.vocabulary = vocabulary_path(config, workdir / "tokenizer")
-  lm_params = pretrained(workdir / "lm", "1/4 pretraining the LM on the synthetic text",
+  lm_params = pretrained(workdir / "lm", "2/5 pretraining the LM on the synthetic text",
                          config.lm_pretraining.num_steps,
                          lambda progress: pretrain.train(config, progress))
   towers = pretrained(workdir / "vision", "3/5 contrastive pretraining of the vision tower",
