@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
           "synthetic_pairs": dict(weight=0.2, batch_size=8, max_length=20, max_images=1),
       },
   ))
-  config.update(training_sections(num_steps=400, log_every=25, checkpoint_every=100,
+  config.update(training_sections(num_steps=800, log_every=25, checkpoint_every=200,
                                   frozen_dtype="float32"))
   config.train.optimizer.update(learning_rate=3e-3, warmup_steps=20)
   # Stage 2: the LM on the mixture's text (flamingo_jax.lm.pretrain).
