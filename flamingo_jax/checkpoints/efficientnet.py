@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flamingo_jax.checkpoints.hf_lm import ImportReport
+from flamingo_jax.checkpoints.hf_lm import ImportReport, unmatched_tensors
 from flamingo_jax.checkpoints.tensors import open_file
 from flamingo_jax.vision.efficientnet import LITE0, EfficientNetLite
 
@@ -103,14 +103,9 @@ def import_efficientnet_lite(path=None, vision: dict | None = None, *, classifie
   fresh = [p for p in abstract if sources[p] not in present]
   missing = tuple(sources[p] for p in fresh)
   used = set(sources.values()) & present
-  ignored = tuple(k for k in names if k not in used and (
-      IGNORED.search(k) or (not classifier and k.startswith("_fc."))))
-  unexpected = tuple(k for k in names if k not in used and k not in ignored)
-  if strict and (missing or unexpected):
-    raise ValueError(
-        f"Checkpoint {path} does not fit the EfficientNet-Lite config: missing {list(missing)}, "
-        f"unexpected {list(unexpected)}. (strict=False imports what fits and initialises the "
-        "rest.)")
+  ignored, unexpected = unmatched_tensors(
+      path, "EfficientNet-Lite", names, used, missing, strict=strict,
+      ignore=lambda k: IGNORED.search(k) or (not classifier and k.startswith("_fc.")))
 
   params, reshaped = {}, []
   for p, target in abstract.items():

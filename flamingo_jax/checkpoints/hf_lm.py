@@ -198,6 +198,19 @@ def _shape_errors(sources, abstract, tensors) -> list[str]:
   return errors
 
 
+def unmatched_tensors(name: str, model: str, names, used, missing, ignore, strict: bool):
+  """(ignored, unexpected): the checkpoint's tensors `names` that no parameter `used`, split by
+  `ignore(key)`. With `strict`, missing or unexpected tensors raise, naming them all."""
+  ignored = tuple(k for k in names if k not in used and ignore(k))
+  unexpected = tuple(k for k in names if k not in used and k not in ignored)
+  if strict and (missing or unexpected):
+    raise ValueError(
+        f"Checkpoint {name} does not fit the {model} config: missing {list(missing)}, "
+        f"unexpected {list(unexpected)}. Is the config that of the checkpoint? (strict=False "
+        "imports what fits and initialises the rest.)")
+  return ignored, unexpected
+
+
 def _place(x: np.ndarray, sharding):
   """A host array on device(s): each device copies only its own slice."""
   if sharding is None:
@@ -260,13 +273,7 @@ def import_sources(tensors, sources: dict[str, hf_layouts.Source], config: LMCon
       [k for p in fresh if p in sources for k in absent[p]]
       + [p for p in fresh if p not in sources and p not in NEW_PARAMS]))
   used = {k for p in abstract if p in sources for k in sources[p].keys if k in tensors}
-  ignored = tuple(k for k in names if k not in used and ignore(k))
-  unexpected = tuple(k for k in names if k not in used and k not in ignored)
-  if strict and (missing or unexpected):
-    raise ValueError(
-        f"Checkpoint {name} does not fit the LM config: missing {list(missing)}, unexpected "
-        f"{list(unexpected)}. Is the config that of the checkpoint? (strict=False imports what "
-        "fits and initialises the rest.)")
+  ignored, unexpected = unmatched_tensors(name, "LM", names, used, missing, ignore, strict)
 
   flat_shardings = None if shardings is None else flax.traverse_util.flatten_dict(
       shardings, sep="/")
