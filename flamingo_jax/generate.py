@@ -17,11 +17,8 @@ instruction-tuned model), the prompt becomes a user turn of it followed by the s
 assistant's turn; --nochat continues the raw text. Generation stops at the file's EOS.
 """
 
-import dataclasses
-import itertools
 import pathlib
 import re
-from typing import Callable
 
 from absl import app, flags
 import gguf
@@ -29,11 +26,10 @@ import jax.numpy as jnp
 from jinja2 import ext, sandbox
 import numpy as np
 import seqio
-import tokenizers
 
 import flamingo_jax
 from flamingo_jax import decode
-from flamingo_jax.checkpoints import gguf_lm, hf_lm, orbax_io
+from flamingo_jax.checkpoints import gguf_lm, orbax_io
 from flamingo_jax.data import mixtures, preprocess
 from flamingo_jax.evaluation import harness
 from flamingo_jax.lm.model import DecoderLM
@@ -53,43 +49,28 @@ flags.mark_flag_as_required("prompt")
 MEDIA, EOC = "<image>", "<EOC>"
 
 
-@dataclasses.dataclass(frozen=True)
-class Text:
-  """A model's text <-> ids: `encode` adds no special tokens, `opening` is what a sequence
-  starts with (BOS, or nothing), `decode` drops ids that are not text."""
-  encode: Callable[[str], list[int]]
-  decode: Callable[[list[int]], str]
-  opening: list[int]
-
-  @classmethod
-  def of_tokenizer(cls, tokenizer: tokenizers.Tokenizer) -> "Text":
-    return cls(encode=lambda s: tokenizer.encode(s, add_special_tokens=False).ids,
-               decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-               opening=tokenizer.encode("").ids)  # Its post-processor's BOS, if it adds one.
-
-  @classmethod
-  def of_vocabulary(cls, vocabulary: seqio.Vocabulary) -> "Text":
-    bos = preprocess.special_ids(vocabulary).bos
-    return cls(encode=vocabulary.encode,
-               decode=lambda ids: vocabulary.decode([t for t in ids if t < vocabulary.vocab_size]),
-               opening=[] if bos is None else [bos])
+def opening(vocabulary: seqio.Vocabulary) -> list[int]:
+  """What a sequence starts with: the vocabulary's BOS, or nothing."""
+  bos = preprocess.special_ids(vocabulary).bos
+  return [] if bos is None else [bos]
 
 
-def prompt_tokens(prompt: str, text: Text, special: dict[str, int]) -> list[int]:
+def prompt_tokens(prompt: str, vocabulary: seqio.Vocabulary,
+                  special: dict[str, int]) -> list[int]:
   """The opening, then the prompt's text with each literal `special` marker as its id."""
-  tokens = list(text.opening)
+  tokens = opening(vocabulary)
   for piece in re.split(f"({'|'.join(map(re.escape, special))})", prompt):
-    tokens += [special[piece]] if piece in special else text.encode(piece)
+    tokens += [special[piece]] if piece in special else vocabulary.encode(piece)
   return tokens
 
 
 def complete(model, params, images, tokens: list[int], max_new_tokens: int,
-             stop_token: int) -> list[int]:
-  """The greedy continuation of `tokens` (one sequence; images [1, M, T, H, W, 3] or None for
-  a DecoderLM), up to `stop_token` (excluded)."""
+             stop_token: int) -> np.ndarray:
+  """int32 [max_new_tokens]: the greedy continuation of `tokens` (one sequence; images
+  [1, M, T, H, W, 3] or None for a DecoderLM), stopping at `stop_token`."""
   new = decode.generate(model, params, images, jnp.asarray([tokens], jnp.int32), max_new_tokens,
                         stop_token=stop_token)
-  return list(itertools.takewhile(lambda t: t != stop_token, np.asarray(new)[0].tolist()))
+  return np.asarray(new)[0]
 
 
 def _raise(message):
@@ -108,25 +89,24 @@ def chat_prompt(template: str, message: str, bos: str, eos: str) -> str:
 
 
 def flamingo_generation(checkpoint: str, prompt: str, image_paths: list[str]):
-  """(model, params, images [1, M, 1, S, S, 3], tokens, Text, stop token) of a prompt with
-  `<image>`s for a Flamingo checkpoint."""
+  """(model, params, images [1, M, 1, S, S, 3], tokens, vocabulary, stop token) of a prompt
+  with `<image>`s for a Flamingo checkpoint."""
   if prompt.count(MEDIA) != len(image_paths) or not image_paths:
     raise ValueError(f"The prompt has {prompt.count(MEDIA)} {MEDIA}s and --images names "
                      f"{len(image_paths)} files: give one image per {MEDIA}, at least one.")
   model, params, config = flamingo_jax.load(checkpoint)
-  if (pathlib.Path(checkpoint) / orbax_io.TOKENIZER_FILE).exists():
-    text = Text.of_tokenizer(hf_lm.load_tokenizer(checkpoint))
-  else:
-    text = Text.of_vocabulary(mixtures.make_vocabulary(config.data.vocabulary))
+  tokenizer_file = pathlib.Path(checkpoint) / orbax_io.TOKENIZER_FILE
+  vocabulary = mixtures.make_vocabulary(
+      str(tokenizer_file) if tokenizer_file.exists() else config.data.vocabulary)
   loader = harness.MediaLoader(config.model, num_frames=1)
   images = jnp.asarray(np.stack([loader.image(p) for p in image_paths])[None, :, None])
   eoc = config.model.eoc_token_id
-  tokens = prompt_tokens(prompt, text, {MEDIA: config.model.media_token_id, EOC: eoc})
-  return model, params, images, tokens, text, eoc
+  tokens = prompt_tokens(prompt, vocabulary, {MEDIA: config.model.media_token_id, EOC: eoc})
+  return model, params, images, tokens, vocabulary, eoc
 
 
 def gguf_generation(path: str, prompt: str, chat: bool):
-  """(DecoderLM, params, None, tokens, Text, EOS) of a prompt for a GGUF LM."""
+  """(DecoderLM, params, None, tokens, vocabulary, EOS) of a prompt for a GGUF LM."""
   params, config, _ = gguf_lm.import_lm(path)
   reader = gguf.GGUFReader(path)
   tokens = gguf_lm.value(reader, gguf.Keys.Tokenizer.LIST)
@@ -135,9 +115,10 @@ def gguf_generation(path: str, prompt: str, chat: bool):
   if chat and template:
     bos = tokens[gguf_lm.value(reader, gguf.Keys.Tokenizer.BOS_ID, eos)]
     prompt = chat_prompt(template, prompt, bos, tokens[eos])
-  text = Text.of_tokenizer(gguf_lm.load_tokenizer(reader))
+  vocabulary = gguf_lm.load_vocabulary(reader)
   # The template's control tokens (<|im_start|>) are the tokenizer's own to match.
-  return DecoderLM(config), params, None, text.opening + text.encode(prompt), text, eos
+  tokens = opening(vocabulary) + vocabulary.encode(prompt)
+  return DecoderLM(config), params, None, tokens, vocabulary, eos
 
 
 def main(argv):
@@ -146,8 +127,9 @@ def main(argv):
     setup = flamingo_generation(FLAGS.checkpoint, FLAGS.prompt, FLAGS.images)
   else:
     setup = gguf_generation(FLAGS.path or str(gguf_lm.smollm2_path()), FLAGS.prompt, FLAGS.chat)
-  model, params, images, tokens, text, stop = setup
-  print(text.decode(complete(model, params, images, tokens, FLAGS.max_new_tokens, stop)))
+  model, params, images, tokens, vocabulary, stop = setup
+  new = complete(model, params, images, tokens, FLAGS.max_new_tokens, stop)
+  print(harness.decode_text(new, vocabulary, stop))
 
 
 if __name__ == "__main__":

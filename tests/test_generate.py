@@ -12,9 +12,9 @@ from flamingo_jax import generate
 
 
 def test_prompt_tokens_place_media_and_eoc():
-  text = generate.Text.of_vocabulary(seqio.ByteVocabulary())  # Bytes at their value + 3.
+  vocabulary = seqio.ByteVocabulary()  # Bytes at their value + 3.
   special = {"<image>": 259, "<EOC>": 260}
-  assert generate.prompt_tokens("<image>ab<EOC><image>c", text, special) == [
+  assert generate.prompt_tokens("<image>ab<EOC><image>c", vocabulary, special) == [
       259, ord("a") + 3, ord("b") + 3, 260, 259, ord("c") + 3]
 
 

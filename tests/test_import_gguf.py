@@ -20,6 +20,7 @@ import tokenizers
 import flamingo_jax
 from flamingo_jax import decode
 from flamingo_jax.checkpoints import gguf_lm
+from flamingo_jax.data import mixtures
 from flamingo_jax.lm.model import DecoderLM, LMConfig
 
 torch = pytest.importorskip("torch")
@@ -78,6 +79,7 @@ def write_gguf(path, family: str, model, qtype=gguf.GGMLQuantizationType.F32):
   w.add_tokenizer_model("gpt2")
   w.add_token_list(TOKENS)
   w.add_token_merges(["a b"])
+  w.add_eos_token_id(1)
   names = gguf.get_tensor_name_map(
       {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch], c.num_hidden_layers)
   for name, t in model.state_dict().items():
@@ -196,8 +198,10 @@ def test_convert_cli_puts_the_lm_where_flamingo_reads_it(source, tmp_path):
   else:
     path = tmp_path / "hf"
     model.save_pretrained(path)
-    tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0}, unk_token="a")).save(
-        str(path / "tokenizer.json"))
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+        {"<unk>": 0, "<s>": 1, "</s>": 2}, unk_token="<unk>"))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer,
+                                         eos_token="</s>").save_pretrained(path)
   run = subprocess.run(
       [sys.executable, "-m", "flamingo_jax.checkpoints.convert", f"--from={source}",
        f"--path={path}", "--config=configs/tiny.py", f"--out={tmp_path / 'flamingo'}"],
@@ -209,6 +213,9 @@ def test_convert_cli_puts_the_lm_where_flamingo_reads_it(source, tmp_path):
   assert (config.model.lm.vocab_size, config.model.lm.embed_dim, config.model.media_token_id,
           config.model.xattn.num_heads) == (VOCAB, 64, VOCAB, 4)
   assert config.model.resampler.dim == 48  # tiny.py's bridge.
+  # The LM's tokenizer, as the data pipeline reads it, with the EOS of the LM's own files.
+  vocabulary = mixtures.make_vocabulary(str(tmp_path / "flamingo" / "tokenizer.json"))
+  assert vocabulary.eos_id == (1 if source == "gguf" else 2)
   tokens = np.random.default_rng(0).integers(0, VOCAB, (2, 16), dtype=np.int32)
   size = config.model.vision.image_size
   ours = flamingo.apply({"params": params}, jnp.zeros((2, 1, 1, size, size, 3)),

@@ -1,10 +1,18 @@
-"""The demo's stage-0 vocabulary: a SentencePiece model trained on the synthetic text, in which
-every word is one token, with the ids seqio and the model expect."""
+"""Vocabularies: the demo's stage-1 SentencePiece model trained on the synthetic text, in which
+every word is one token, with the ids seqio and the model expect; a pretrained LM's Hugging Face
+tokenizer as a seqio vocabulary."""
 
+import gguf
+import pytest
 import seqio
+import tensorflow as tf
+import tokenizers
 
+from flamingo_jax.checkpoints import gguf_lm
+from flamingo_jax.data import mixtures
 from flamingo_jax.data import preprocess
 from flamingo_jax.data import synthetic
+from flamingo_jax.data import tokenizer as tokenizer_lib
 
 
 def test_corpus_is_the_text_of_every_kind_and_deterministic():
@@ -33,3 +41,42 @@ def test_every_word_is_one_token_and_ids_are_seqio_s(demo_vocabulary):
       assert vocabulary.decode(tokens) == f"This is a {word}."
   for text in synthetic.corpus(seed=0, num_examples=50, split="test"):
     assert vocabulary.decode(vocabulary.encode(text)) == text
+
+
+@pytest.fixture(scope="module")
+def smollm2_vocabulary():
+  return gguf_lm.load_vocabulary(gguf.GGUFReader(gguf_lm.smollm2_path()))
+
+
+def test_a_pretrained_lm_s_tokenizer_is_a_seqio_vocabulary(smollm2_vocabulary, tmp_path):
+  """SmolLM2's tokenizer, saved as convert writes it and read back as `data.vocabulary`."""
+  smollm2_vocabulary.save(tmp_path / "tokenizer.json")
+  vocabulary = mixtures.make_vocabulary(str(tmp_path / "tokenizer.json"))
+  assert vocabulary == smollm2_vocabulary
+  assert vocabulary.vocab_size == 49152  # The LM's embedding rows: <image> is id 49152.
+  assert (vocabulary.eos_id, vocabulary.bos_id) == (2, None)  # <|im_end|>; no BOS.
+  text = "This is a red blek. Question: what is it? Answer: a dax"
+  ids = vocabulary.encode(text)
+  assert vocabulary.decode(ids) == text
+  assert vocabulary.decode(ids + [vocabulary.eos_id] + ids) == text  # seqio: up to EOS.
+  assert vocabulary.encode_tf(tf.constant(text)).numpy().tolist() == ids
+  batch = tf.constant([ids, ids[::-1]], tf.int32)
+  assert vocabulary.decode_tf(batch).numpy().tolist() == [
+      text.encode(), vocabulary.decode(ids[::-1]).encode()]
+
+
+def test_bos_is_what_the_tokenizer_opens_a_sequence_with(tmp_path):
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {"<unk>": 0, "<s>": 1, "</s>": 2, "cat": 3}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+      single="<s> $A", special_tokens=[("<s>", 1)])
+  vocabulary = tokenizer_lib.TokenizersVocabulary(tokenizer, eos_id=2)
+  assert (vocabulary.bos_id, vocabulary.encode("cat cat")) == (1, [3, 3])
+  assert preprocess.special_ids(vocabulary).bos == 1  # Documents open with it.
+  with pytest.raises(ValueError, match="EOS id 7"):
+    tokenizer_lib.TokenizersVocabulary(tokenizer, eos_id=7)
+  (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "</t>"}')
+  tokenizer.save(str(tmp_path / "tokenizer.json"))
+  with pytest.raises(ValueError, match="'</t>' is not in"):
+    tokenizer_lib.TokenizersVocabulary.from_file(tmp_path / "tokenizer.json")

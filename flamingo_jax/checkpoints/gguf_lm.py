@@ -31,6 +31,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from flamingo_jax.checkpoints import hf_layouts, hf_lm
+from flamingo_jax.data import tokenizer as tokenizer_lib
 from flamingo_jax.lm.model import LMConfig
 
 # general.architecture -> (Hugging Face model_type, whether q and k rows are permuted).
@@ -226,6 +227,12 @@ def load_tokenizer(reader: gguf.GGUFReader) -> tokenizers.Tokenizer:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])])
   return tokenizer
+
+
+def load_vocabulary(reader: gguf.GGUFReader) -> tokenizer_lib.TokenizersVocabulary:
+  """The model's tokenizer (`load_tokenizer`) as a seqio vocabulary, with the file's EOS."""
+  return tokenizer_lib.TokenizersVocabulary(load_tokenizer(reader),
+                                            value(reader, gguf.Keys.Tokenizer.EOS_ID))
 
 
 def smollm2_path() -> pathlib.Path:

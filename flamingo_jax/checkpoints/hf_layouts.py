@@ -9,6 +9,9 @@ conventions undone here:
 - Attention kernels are per head: q/k/v [D, H, Dh], out [H, Dh, D].
 - Fused QKV projections: GPT-2 `c_attn` and MPT `Wqkv` stack [q | k | v] along the output
   features; GPT-NeoX `query_key_value` interleaves them per head ([H, 3, Dh]).
+
+The public helpers (`Source`, `same`, `linear`, `layer_norm`, `heads_kernel`, ...) describe
+torch layouts of any model: the vision towers' and OpenFlamingo's layouts use them too.
 """
 
 import dataclasses
@@ -34,33 +37,38 @@ def identity(x):
   return x
 
 
-def _same(key: str, shape: Shape) -> Source:
+def same(key: str, shape: Shape) -> Source:
   return Source((key,), (shape,), identity)
 
 
-def _linear(target: str, key: str, n_in: int, n_out: int, bias: bool,
-            conv1d: bool = False) -> dict[str, Source]:
+def linear(target: str, key: str, n_in: int, n_out: int, bias: bool,
+           conv1d: bool = False) -> dict[str, Source]:
   """A torch Linear (weight [out, in]) or GPT-2 Conv1D ([in, out]) -> Dense kernel [in, out]."""
   out = {f"{target}/kernel": Source((f"{key}.weight",), ((n_in, n_out),), identity) if conv1d
          else Source((f"{key}.weight",), ((n_out, n_in),), np.transpose)}
   if bias:
-    out[f"{target}/bias"] = _same(f"{key}.bias", (n_out,))
+    out[f"{target}/bias"] = same(f"{key}.bias", (n_out,))
+  return out
+
+
+def layer_norm(target: str, key: str, dim: int, bias: bool = True) -> dict[str, Source]:
+  """A torch LayerNorm or RMSNorm (weight, bias) -> scale, bias."""
+  out = {f"{target}/scale": same(f"{key}.weight", (dim,))}
+  if bias:
+    out[f"{target}/bias"] = same(f"{key}.bias", (dim,))
   return out
 
 
 def _norm(target: str, key: str, c: LMConfig) -> dict[str, Source]:
-  out = {f"{target}/scale": _same(f"{key}.weight", (c.embed_dim,))}
-  if c.norm == "layer" and c.norm_bias:
-    out[f"{target}/bias"] = _same(f"{key}.bias", (c.embed_dim,))
-  return out
+  return layer_norm(target, key, c.embed_dim, bias=c.norm == "layer" and c.norm_bias)
 
 
-def _heads_kernel(w, heads, dh):
+def heads_kernel(w, heads, dh):
   """[heads * Dh, D] -> [D, heads, Dh]."""
   return w.T.reshape(w.shape[1], heads, dh)
 
 
-def _heads_bias(b, heads, dh):
+def heads_bias(b, heads, dh):
   return b.reshape(heads, dh)
 
 
@@ -73,20 +81,20 @@ def _separate_qkv(target: str, prefix: str, names: tuple[str, str, str], c: LMCo
     key = f"{prefix}{theirs}"
     out[f"{target}/{ours}/kernel"] = Source(
         (f"{key}.weight",), ((heads * c.dh, c.embed_dim),),
-        functools.partial(_heads_kernel, heads=heads, dh=c.dh))
+        functools.partial(heads_kernel, heads=heads, dh=c.dh))
     if c.qkv_bias:
       out[f"{target}/{ours}/bias"] = Source(
           (f"{key}.bias",), ((heads * c.dh,),),
-          functools.partial(_heads_bias, heads=heads, dh=c.dh))
+          functools.partial(heads_bias, heads=heads, dh=c.dh))
   return out
 
 
-def _fused_part(x, part, heads, dh, per_head, conv1d):
+def fused_part(x, part, heads, dh, per_head, conv1d, parts=3):
   """Query (part 0), key (1) or value (2) of a fused projection: weight -> [D, H, Dh],
-  bias -> [H, Dh]."""
+  bias -> [H, Dh]. With parts=2, key (0) or value (1) of a fused [k | v] projection."""
   if conv1d:
     x = x.T  # [3 H Dh, D] like a Linear weight.
-  split = (heads, 3, dh) if per_head else (3, heads, dh)
+  split = (heads, parts, dh) if per_head else (parts, heads, dh)
   x = x.reshape(split + x.shape[1:])
   x = x[:, part] if per_head else x[part]
   return x if x.ndim == 2 else x.transpose(2, 0, 1)
@@ -104,14 +112,14 @@ def _fused_qkv(target: str, key: str, c: LMConfig, per_head: bool,
     split = dict(part=part, heads=h, dh=dh, per_head=per_head)
     out[f"{target}/{ours}/kernel"] = Source(
         (f"{key}.weight",), ((d, 3 * h * dh) if conv1d else (3 * h * dh, d),),
-        functools.partial(_fused_part, conv1d=conv1d, **split))
+        functools.partial(fused_part, conv1d=conv1d, **split))
     if c.qkv_bias:
       out[f"{target}/{ours}/bias"] = Source(
-          (f"{key}.bias",), ((3 * h * dh,),), functools.partial(_fused_part, conv1d=False, **split))
+          (f"{key}.bias",), ((3 * h * dh,),), functools.partial(fused_part, conv1d=False, **split))
   return out
 
 
-def _out_kernel(w, heads, dh, conv1d):
+def out_kernel(w, heads, dh, conv1d):
   """Output projection, Linear [D, H Dh] or Conv1D [H Dh, D] -> [H, Dh, D]."""
   w = w if conv1d else w.T
   return w.reshape(heads, dh, w.shape[-1])
@@ -121,9 +129,9 @@ def _out_proj(target: str, key: str, c: LMConfig, conv1d: bool = False) -> dict[
   d, hd = c.embed_dim, c.num_heads * c.dh
   out = {f"{target}/kernel": Source(
       (f"{key}.weight",), ((hd, d) if conv1d else (d, hd),),
-      functools.partial(_out_kernel, heads=c.num_heads, dh=c.dh, conv1d=conv1d))}
+      functools.partial(out_kernel, heads=c.num_heads, dh=c.dh, conv1d=conv1d))}
   if c.out_bias:
-    out[f"{target}/bias"] = _same(f"{key}.bias", (d,))
+    out[f"{target}/bias"] = same(f"{key}.bias", (d,))
   return out
 
 
@@ -135,17 +143,17 @@ def _mlp(target: str, prefix: str, names: tuple[str, ...], c: LMConfig,
       ("wi", d, f), ("wo", f, d))
   out = {}
   for (name, n_in, n_out), theirs in zip(ours, names):
-    out |= _linear(f"{target}/{name}", prefix + theirs, n_in, n_out, c.mlp_bias, conv1d)
+    out |= linear(f"{target}/{name}", prefix + theirs, n_in, n_out, c.mlp_bias, conv1d)
   return out
 
 
 def _embeddings(c: LMConfig, embed: str, head: str, positions: str | None = None
                 ) -> dict[str, Source]:
-  out = {"embedder/embedding": _same(embed, (c.vocab_size, c.embed_dim))}
+  out = {"embedder/embedding": same(embed, (c.vocab_size, c.embed_dim))}
   if not c.tie_embeddings:
-    out |= _linear("unembed", head, c.embed_dim, c.vocab_size, False)
+    out |= linear("unembed", head, c.embed_dim, c.vocab_size, False)
   if positions is not None and c.position == "learned":
-    out["position_embedder/embedding"] = _same(positions, (c.max_length, c.embed_dim))
+    out["position_embedder/embedding"] = same(positions, (c.max_length, c.embed_dim))
   return out
 
 

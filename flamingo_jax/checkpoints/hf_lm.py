@@ -9,7 +9,8 @@ The config comes from the checkpoint's own config.json (`lm_config_from_hf`) unl
 given. Parameters are built one at a time, each read from the checkpoint as it is needed and
 placed at once with its sharding (each device copying only its slice), so the host holds one
 parameter's tensors at a time, never the whole model. Every tensor's shape is checked against
-the config before anything is read.
+the config before anything is read. `import_tensors`, the loop behind it, imports any model's
+parameters this way (the vision towers of vit.py, OpenFlamingo's bridge in open_flamingo.py).
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ import tokenizers
 
 from flamingo_jax.checkpoints import hf_layouts
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
+from flamingo_jax.data import tokenizer as tokenizer_lib
 from flamingo_jax.lm.model import DecoderLM, LMConfig
 
 # Hugging Face activation names -> flamingo_jax.layers.mlp.ACTIVATIONS.
@@ -175,25 +177,30 @@ class ImportReport:
   ignored: tuple[str, ...]
 
   def __str__(self):
-    # One line per kind of reshape: layer numbers folded into "*".
-    kinds = dict.fromkeys(re.sub(r"(?<=\.)\d+(?=\.)|(?<=layers_)\d+", "*", r)
-                          for r in self.reshaped)
+    # Reshapes and ignored tensors one line per kind: layer numbers folded into "*" (a
+    # CLIPModel's whole text tower is ignored by a vision import).
+    fold = lambda names: dict.fromkeys(
+        re.sub(r"(?<=\.)\d+(?=\.)|(?<=_)\d+(?=/)", "*", n) for n in names)
+    kinds = fold(self.reshaped)
     lines = [f"Imported {len(self.loaded)} tensors from {self.path}."]
     lines += [f"  reshaped: {len(self.reshaped)} ({len(kinds)} kinds):"]
     lines += [f"    {kind}" for kind in kinds]
-    for name in ("missing", "unexpected", "initialised", "ignored"):
+    for name in ("missing", "unexpected", "initialised"):
       keys = getattr(self, name)
       lines.append(f"  {name}: {len(keys)}" + (f": {', '.join(keys)}" if keys else ""))
+    ignored = fold(self.ignored)
+    lines.append(f"  ignored: {len(self.ignored)}"
+                 + (f" ({len(ignored)} kinds): {', '.join(ignored)}" if ignored else ""))
     return "\n".join(lines)
 
 
-def _shape_errors(sources, abstract, tensors) -> list[str]:
+def _shape_errors(sources, abstract, tensors, model: str) -> list[str]:
   errors = []
   for path, target in abstract.items():
     source = sources.get(path)
     for key, expected in zip(source.keys, source.shapes) if source else ():
       if key in tensors and tensors.shape(key) != expected:
-        errors.append(f"{key!r} has shape {tensors.shape(key)}, but the LM config expects "
+        errors.append(f"{key!r} has shape {tensors.shape(key)}, but the {model} config expects "
                       f"{expected} (for parameter {path} of shape {target.shape})")
   return errors
 
@@ -218,15 +225,13 @@ def _place(x: np.ndarray, sharding):
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def _fresh(model: DecoderLM, paths, shardings, rng):
-  """New values of the parameters `paths` from the LM's initialisers; compiled, so the other
-  parameters' initialisation is dead code and never runs."""
-  def init(rng):
-    variables = model.init(rng, jnp.zeros((1, 1), jnp.int32))
-    flat = flax.traverse_util.flatten_dict(nn.meta.unbox(variables["params"]), sep="/")
-    return {p: flat[p] for p in paths}
+def _fresh(init, paths, shardings, rng):
+  """New values of the parameters `paths` from the model's initialisers (`init`, as in
+  `import_tensors`); compiled, so the other parameters' initialisation is dead code and never
+  runs."""
   out_shardings = None if shardings is None else {p: shardings[p] for p in paths}
-  return jax.jit(init, out_shardings=out_shardings)(rng)
+  return jax.jit(lambda rng: {p: init(rng)[p] for p in paths},
+                 out_shardings=out_shardings)(rng)
 
 
 def import_lm(path, lm_config: LMConfig | None = None, shardings=None, *,
@@ -259,21 +264,42 @@ def import_sources(tensors, sources: dict[str, hf_layouts.Source], config: LMCon
   parameter paths to its tensors (hf_layouts.layout); `name` names the checkpoint in messages;
   `ignore(key)` is true of tensors the LM has no use for. The rest as in `import_lm`."""
   model = DecoderLM(config, param_dtype=param_dtype)
-  abstract = flax.traverse_util.flatten_dict(nn.meta.unbox(jax.eval_shape(
-      model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]), sep="/")
+
+  def init(rng):
+    variables = model.init(rng, jnp.zeros((1, 1), jnp.int32))
+    return flax.traverse_util.flatten_dict(nn.meta.unbox(variables["params"]), sep="/")
+  return import_tensors(tensors, sources, init, name, "LM", shardings, strict=strict, rng=rng,
+                        ignore=ignore, new_params=NEW_PARAMS)
+
+
+def import_tensors(tensors, sources: dict[str, hf_layouts.Source], init, name: str, model: str,
+                   shardings=None, *, strict: bool = True, rng: jax.Array | None = None,
+                   ignore=lambda key: False, new_params=()):
+  """(params, ImportReport) of any model (an LM, a vision tower, Flamingo's bridge) from any
+  checkpoint format, one parameter at a time.
+
+  init(rng) -> the model's flat parameters {path: array}: traced for their shapes and dtypes,
+  and compiled for those the checkpoint lacks. `tensors` and `sources` as in `import_sources`;
+  `name` names the checkpoint and `model` the config in messages; `new_params`: parameters that
+  no checkpoint of the format has, which start fresh without being missing. shardings: a tree
+  like the params of jax.sharding.Sharding, or None for the default device; strict as in
+  `import_lm`.
+  """
+  abstract = jax.eval_shape(init, jax.random.key(0))
   names = tensors.keys()
 
   # Everything is checked against the headers before a single tensor is read.
-  errors = _shape_errors(sources, abstract, tensors)
+  errors = _shape_errors(sources, abstract, tensors, model)
   if errors:
-    raise ValueError(f"Checkpoint {name} does not fit the LM config:\n  " + "\n  ".join(errors))
+    raise ValueError(f"Checkpoint {name} does not fit the {model} config:\n  "
+                     + "\n  ".join(errors))
   absent = {p: [k for k in sources[p].keys if k not in tensors] for p in abstract if p in sources}
   fresh = [p for p in abstract if p not in sources or absent[p]]
   missing = tuple(dict.fromkeys(
       [k for p in fresh if p in sources for k in absent[p]]
-      + [p for p in fresh if p not in sources and p not in NEW_PARAMS]))
+      + [p for p in fresh if p not in sources and p not in new_params]))
   used = {k for p in abstract if p in sources for k in sources[p].keys if k in tensors}
-  ignored, unexpected = unmatched_tensors(name, "LM", names, used, missing, ignore, strict)
+  ignored, unexpected = unmatched_tensors(name, model, names, used, missing, ignore, strict)
 
   flat_shardings = None if shardings is None else flax.traverse_util.flatten_dict(
       shardings, sep="/")
@@ -289,7 +315,7 @@ def import_sources(tensors, sources: dict[str, hf_layouts.Source], config: LMCon
     if source.fn is not hf_layouts.identity:
       reshaped += [f"{k} {s} -> {p} {target.shape}" for k, s in zip(source.keys, source.shapes)]
   if fresh:
-    params |= _fresh(model, fresh, flat_shardings, jax.random.key(0) if rng is None else rng)
+    params |= _fresh(init, fresh, flat_shardings, jax.random.key(0) if rng is None else rng)
   report = ImportReport(
       path=name, loaded=tuple(sorted(used)), missing=missing,
       unexpected=unexpected, reshaped=tuple(reshaped), initialised=tuple(fresh), ignored=ignored)
@@ -305,3 +331,14 @@ def load_tokenizer(path) -> tokenizers.Tokenizer:
         "tokenizer.model) gets one from transformers: "
         "AutoTokenizer.from_pretrained(path).save_pretrained(path).")
   return tokenizers.Tokenizer.from_file(str(file))
+
+
+def load_vocabulary(path) -> tokenizer_lib.TokenizersVocabulary:
+  """The LM's tokenizer as a seqio vocabulary, with the EOS its tokenizer_config.json names,
+  or else its config.json's eos_token_id (the first, where it lists several)."""
+  path = pathlib.Path(path)
+  if (path / tokenizer_lib.TOKENIZER_CONFIG_FILE).exists():
+    return tokenizer_lib.TokenizersVocabulary.from_file(path / "tokenizer.json")
+  eos = json.loads((path / "config.json").read_text())["eos_token_id"]
+  return tokenizer_lib.TokenizersVocabulary(load_tokenizer(path),
+                                            eos[0] if isinstance(eos, list) else eos)

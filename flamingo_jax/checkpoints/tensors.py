@@ -5,7 +5,9 @@ A directory holds `model.safetensors` or `pytorch_model.bin`, or either sharded 
 tensor's file). Opening reads only headers; a tensor is read when asked for, so a checkpoint
 larger than host memory is walked one tensor at a time. PyTorch files are memory-mapped by
 `torch.load(mmap=True, weights_only=True)` and need torch installed, except those in the legacy
-(pre-1.6, non-zip) format, which torch_legacy.py reads without it.
+(pre-1.6, non-zip) format, which torch_legacy.py reads without it. A TensorView gathers
+tensors of several files (an OpenFlamingo checkpoint, its LM's directory, its CLIP checkpoint)
+under one interface.
 """
 
 import json
@@ -130,3 +132,36 @@ class CheckpointTensors:
 
   def get(self, key: str) -> np.ndarray:
     return self._file(self.weight_map[key]).get(key)
+
+
+class TensorView:
+  """Tensors gathered under names of one's choosing from any files (open_file's) or
+  CheckpointTensors: name -> (holder, its key). The interface of CheckpointTensors; nothing is
+  read until get(name)."""
+
+  def __init__(self, entries: dict):
+    self.entries = entries
+
+  @classmethod
+  def of(cls, holder, rename=lambda key: key):
+    """Every tensor of `holder`, named rename(key); a None name leaves it out."""
+    return cls({name: (holder, key) for key in holder.keys()
+                if (name := rename(key)) is not None})
+
+  def __or__(self, other: "TensorView") -> "TensorView":
+    """Both views' tensors; `other`'s where both have a name."""
+    return TensorView(self.entries | other.entries)
+
+  def keys(self) -> list[str]:
+    return list(self.entries)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.entries
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    holder, key = self.entries[name]
+    return holder.shape(key)
+
+  def get(self, name: str) -> np.ndarray:
+    holder, key = self.entries[name]
+    return holder.get(key)

@@ -1,8 +1,9 @@
 """Training batches from a mixture of Tasks with the paper's per-dataset loss weights lambda_m.
 
 `config.data` (see configs/tiny.py):
-  vocabulary: "byte" (seqio.ByteVocabulary) or the path of a SentencePiece model; its size must
-    be the LM's, so that `<image>` and `<EOC>` get the ids the model gives them.
+  vocabulary: "byte" (seqio.ByteVocabulary), the path of a SentencePiece model, or that of a
+    pretrained LM's Hugging Face `tokenizer.json` (`tokenizer.TokenizersVocabulary`); its size
+    must be the LM's, so that `<image>` and `<EOC>` get the ids the model gives them.
   strategy: how the weights act, below.
   seed, split, task_modules (modules imported first: they register tasks),
   synthetic: None, or {seed, split_sizes, ways, shots}: registers the offline synthetic tasks
@@ -41,6 +42,7 @@ import tensorflow as tf
 from flamingo_jax.data import preprocess
 from flamingo_jax.data import synthetic
 from flamingo_jax.data import tasks as tasks_lib
+from flamingo_jax.data import tokenizer
 
 STRATEGIES = ("accumulate", "round_robin", "sample")
 
@@ -48,6 +50,8 @@ STRATEGIES = ("accumulate", "round_robin", "sample")
 def make_vocabulary(spec: str) -> seqio.Vocabulary:
   if spec == "byte":
     return seqio.ByteVocabulary()
+  if spec.endswith(".json"):
+    return tokenizer.TokenizersVocabulary.from_file(spec)
   return seqio.SentencePieceVocabulary(spec)
 
 
