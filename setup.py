@@ -43,12 +43,16 @@ setuptools.setup(
     extras_require={
         # libtpu, for compiling TPU programs ahead of time on any machine (train/aot.py).
         "tpu": ["jax[tpu]"],
-        # torch and transformers: reference models for the checkpoint import tests (and torch
-        # to read PyTorch .bin checkpoints). The CPU build: CUDA builds bring triton, which
-        # crashes when imported into a process that has loaded libtpu (the AOT tests).
+        # torch, transformers, open_clip and open-flamingo (installed --no-deps by the Makefile:
+        # it pins torch 2.0.1; einops-exts is its one other need): reference models for the
+        # checkpoint import tests (and torch to read PyTorch .bin checkpoints). open_clip needs
+        # torchvision, which fails to import beside the CPU torch 2.13.0 that lies on the
+        # machines' disk; torch 2.14.1 and torchvision 0.29.1, a CUDA build, install from the
+        # disk and work, if triton is imported before TensorFlow (tests/conftest.py).
         # nbclient, nbformat, ipykernel: the colab's test; filelock: one demo run for all
         # pytest workers; scikit-image: its sample photos, for ImageNet checks.
-        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.13.0", "transformers",
+        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.14.1",
+                 "torchvision==0.29.1", "transformers", "open_clip_torch", "einops-exts",
                  "nbclient", "nbformat", "ipykernel", "filelock", "scikit-image"],
     },
 )

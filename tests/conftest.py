@@ -10,6 +10,14 @@ import sys
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
 
+# The test extra's torch is a CUDA build (the one whose torchvision, which open_clip needs,
+# installs offline). Its triton segfaults when first imported into a process that has loaded
+# TensorFlow (seqio's, which many test modules load), and torch imports triton lazily, from
+# transformers and open_clip calls; imported before TensorFlow, both work.
+try:
+  import triton  # pylint: disable=g-import-not-at-top,unused-import
+except ImportError:  # A CPU build of torch, or none.
+  pass
 import filelock  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import pytest
@@ -47,10 +55,12 @@ def demo_vocabulary(tmp_path_factory) -> str:
       config.tokenizer.vocab_size, tmp_path_factory.mktemp("tokenizer") / "spm.model")
 
 
-# `make demo` with every stage cut to a few steps (configs/demo.py), for the demo and colab tests.
-SHRUNK_DEMO_FLAGS = [
+# `make demo` with every stage cut to a few steps (configs/demo.py), for the demo and colab tests;
+# configs/demo_smollm2.py imports its LM, so it has no LM pretraining to cut.
+LM_PRETRAINING_FLAGS = [
     "--config.lm_pretraining.num_steps=3", "--config.lm_pretraining.log_every=1",
-    "--config.lm_pretraining.optimizer.warmup_steps=1",
+    "--config.lm_pretraining.optimizer.warmup_steps=1"]
+SHRUNK_DEMO_FLAGS = [
     "--config.train.num_steps=3", "--config.train.log_every=1",
     "--config.contrastive.num_steps=3", "--config.contrastive.log_every=1",
     "--config.contrastive.warmup_steps=1", "--config.contrastive.batch_size=8",
@@ -72,11 +82,12 @@ def user_environment() -> dict:
   return env
 
 
-def run_shrunk_demo(workdir) -> str:
-  """Runs the shrunk demo in `workdir`; returns its stdout."""
+def run_shrunk_demo(workdir, config: str = "configs/demo.py") -> str:
+  """Runs the shrunk demo of `config` in `workdir`; returns its stdout."""
+  flags = SHRUNK_DEMO_FLAGS + (LM_PRETRAINING_FLAGS if config == "configs/demo.py" else [])
   result = subprocess.run(
-      [sys.executable, "-m", "flamingo_jax.demo", "--config=configs/demo.py",
-       f"--workdir={workdir}", *SHRUNK_DEMO_FLAGS], cwd=REPO, env=user_environment(),
+      [sys.executable, "-m", "flamingo_jax.demo", f"--config={config}",
+       f"--workdir={workdir}", *flags], cwd=REPO, env=user_environment(),
       capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout

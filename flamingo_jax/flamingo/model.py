@@ -34,8 +34,13 @@ NUM_SPECIAL_TOKENS = 2  # <image>, <EOC>
 
 
 def lm_config(model_config) -> LMConfig:
-  """The frozen LM's config, extended by the learned `<image>` and `<EOC>` rows."""
-  return LMConfig.from_dict({**model_config.lm, "num_extra_tokens": NUM_SPECIAL_TOKENS})
+  """The frozen LM's config, extended by the learned `<image>` and `<EOC>` rows, and by any
+  further new rows that `model.lm.num_extra_tokens` asks for (OpenFlamingo's `<PAD>`)."""
+  config = LMConfig.from_dict({"num_extra_tokens": NUM_SPECIAL_TOKENS, **model_config.lm})
+  if config.num_extra_tokens < NUM_SPECIAL_TOKENS:
+    raise ValueError(f"model.lm.num_extra_tokens is {config.num_extra_tokens}, but <image> and "
+                     f"<EOC> need {NUM_SPECIAL_TOKENS} new rows.")
+  return config
 
 
 def xattn_layer_indices(model_config) -> tuple[int, ...]:

@@ -76,7 +76,8 @@ class PerceiverResampler(nn.Module):
 
   When Dv != D, a linear projection maps the features to the resampler's width first (the
   paper's NFNet-F6 gives 3072 channels to a 1536-wide resampler). Only temporal position
-  embeddings are learned; there are no spatial ones (paper A.1.1).
+  embeddings are learned; there are no spatial ones (paper A.1.1). `temporal_embedding=False`
+  leaves those out too, as OpenFlamingo's resampler does.
   """
   dim: int
   depth: int = 6
@@ -87,6 +88,7 @@ class PerceiverResampler(nn.Module):
   activation: str = "squared_relu"
   max_frames: int = 8
   norm_eps: float = 1e-5
+  temporal_embedding: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -98,9 +100,11 @@ class PerceiverResampler(nn.Module):
       features = dense(self.dim, ("mlp", "embed"), use_bias=False, dtype=self.dtype,
                        param_dtype=self.param_dtype, name="input_projection")(features)
     init = nn.initializers.normal(0.02)
-    time = self.param("temporal_embedding", nn.with_logical_partitioning(init, ("frames", "embed")),
-                      (self.max_frames, self.dim), self.param_dtype)
-    features = features + interpolate_time(jnp.asarray(time, self.dtype), t)[:, None, :]
+    if self.temporal_embedding:
+      time = self.param("temporal_embedding",
+                        nn.with_logical_partitioning(init, ("frames", "embed")),
+                        (self.max_frames, self.dim), self.param_dtype)
+      features = features + interpolate_time(jnp.asarray(time, self.dtype), t)[:, None, :]
     features = features.reshape(b * m, t * s, self.dim)
     latents = self.param("latents", nn.with_logical_partitioning(init, ("latents", "embed")),
                          (self.num_latents, self.dim), self.param_dtype)
