@@ -82,9 +82,10 @@ def user_environment() -> dict:
   return env
 
 
-def run_shrunk_demo(workdir, config: str = "configs/demo.py") -> str:
-  """Runs the shrunk demo of `config` in `workdir`; returns its stdout."""
+def run_shrunk_demo(workdir, config: str = "configs/demo.py", extra_flags=()) -> str:
+  """Runs the shrunk demo of `config` in `workdir` (`extra_flags` last); returns its stdout."""
   flags = SHRUNK_DEMO_FLAGS + (LM_PRETRAINING_FLAGS if config == "configs/demo.py" else [])
+  flags += list(extra_flags)
   result = subprocess.run(
       [sys.executable, "-m", "flamingo_jax.demo", f"--config={config}",
        f"--workdir={workdir}", *flags], cwd=REPO, env=user_environment(),
