@@ -83,9 +83,11 @@ def user_environment() -> dict:
 
 
 def run_shrunk_demo(workdir, config: str = "configs/demo.py", extra_flags=()) -> str:
-  """Runs the shrunk demo of `config` in `workdir` (`extra_flags` last); returns its stdout."""
+  """Runs the shrunk demo of `config` in `workdir`, `extra_flags` replacing the shrunk flags of
+  the same fields (absl keeps a repeated flag's first value); returns its stdout."""
   flags = SHRUNK_DEMO_FLAGS + (LM_PRETRAINING_FLAGS if config == "configs/demo.py" else [])
-  flags += list(extra_flags)
+  replaced = {flag.split("=")[0] for flag in extra_flags}
+  flags = [flag for flag in flags if flag.split("=")[0] not in replaced] + list(extra_flags)
   result = subprocess.run(
       [sys.executable, "-m", "flamingo_jax.demo", f"--config={config}",
        f"--workdir={workdir}", *flags], cwd=REPO, env=user_environment(),

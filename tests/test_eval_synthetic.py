@@ -33,6 +33,15 @@ def test_binding_episodes_show_every_word_equally_in_every_even_prefix(written):
       assert sorted(collections.Counter(words[:k]).values()) == [k // 2, k // 2]
 
 
+def test_a_zero_shot_only_binding_benchmark_still_has_its_words(tmp_path):
+  """The answer is one of the episode's words, which its support examples bind, shown or not."""
+  data_dir = synthetic_benchmarks.write_benchmarks(
+      str(tmp_path), image_size=32, num_queries=2, num_support=2, max_shots=0)["synthetic_binding"]
+  benchmark = BENCHMARKS["synthetic_binding"]
+  for query in benchmark.read(data_dir, benchmark.eval_split):
+    assert query.answers[0] in [s.answers[0] for s in query.support]
+
+
 def test_binding_episodes_hold_the_pixels_of_their_document(written):
   """Support i of episode 0 is an image of binding document 0 under its own word."""
   queries = BENCHMARKS["synthetic_binding"].read(written["synthetic_binding"], "test")

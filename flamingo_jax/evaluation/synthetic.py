@@ -69,8 +69,10 @@ def binding_records(directory: str, seed: int, count: int, image_size: int, ways
   rng = np.random.default_rng(seed)
   records = []
   for i in range(count):
+    # An episode's words exist only in its support examples: at least one of each, even when
+    # the evaluation shows none (0 shots only).
     example = synthetic.binding_example(seed, "test", i, image_size, ways=ways,
-                                        shots=max_shots // ways)
+                                        shots=max(max_shots // ways, 1))
     *support_images, query_image = example["images"]
     words = [text.removeprefix("This is a ").removesuffix(".") for text in example["texts"][:-1]]
     support = [{"id": f"test-{i}-support-{j}", "question": None, "answers": [words[j]],
