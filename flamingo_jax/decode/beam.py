@@ -71,7 +71,7 @@ def beam_search(model, params, images, tokens, max_new_tokens: int, *, beam_size
     logits, state, *hypotheses = carry
     live_seqs, live_scores, done_seqs, done_scores, continued, token = select(
         t, logits, *hypotheses)
-    state = state.take(continued)
+    state = state.take(continued, keep_media=True)  # A prompt's beams share its media.
     logits, state = extend(model, params, token[:, None], (next_positions + t)[:, None], state)
     return (logits[:, -1], state, live_seqs, live_scores, done_seqs, done_scores), None
 

@@ -100,13 +100,18 @@ class FlamingoDecodeState:
                scanned=(stacked,) * layout.every if layout.num_scanned else (),
                media_count=jnp.zeros((batch,), jnp.int32))
 
-  def take(self, indices):
+  def take(self, indices, keep_media: bool = False):
     """The state of the sequences `indices` ([N] int32 into the batch, repeats allowed): how
-    beams and candidate answers copy and reorder a prompt's caches."""
+    beams and candidate answers copy and reorder a prompt's caches.
+
+    keep_media: leave the media's keys and values as they are, for indices that only reorder
+    rows with the same media (the beams of one prompt): with many shots they are most of the
+    state, and copying them at every step took nearly half of beam search's decoding time.
+    """
     rows = lambda axis: lambda x: jnp.take(x, indices, axis=axis)
     lm = DecodeState(caches=jax.tree.map(rows(0), self.lm.caches),
                      key_positions=rows(0)(self.lm.key_positions), index=self.lm.index)
-    media = None if self.media is None else MediaKV(
+    media = self.media if self.media is None or keep_media else MediaKV(
         blocks=jax.tree.map(rows(0), self.media.blocks),
         scanned=jax.tree.map(rows(1), self.media.scanned), num_media=self.media.num_media)
     return FlamingoDecodeState(lm=lm, scanned=jax.tree.map(rows(1), self.scanned),
