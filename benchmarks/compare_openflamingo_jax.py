@@ -1,0 +1,227 @@
+"""The flamingo-jax side of benchmarks/compare_openflamingo.py, which runs it in a process of its
+own: its peak memory is its own, and the TensorFlow that flamingo-jax's data code imports never
+meets torch (whose triton breaks when loaded after it).
+
+  python benchmarks/compare_openflamingo_jax.py DIR
+
+DIR is compare_openflamingo.py's work folder: spec.json (the settings), inputs.npz (the batches,
+prompts and candidates, token ids in OpenFlamingo's order), open_flamingo.safetensors (the
+OpenFlamingo model's state dict) and lm/config.json (its LM's Hugging Face config). The model is
+imported with `checkpoints.open_flamingo`, so both sides run the same weights. Before timing
+anything, its logits on the training batch are checked against OpenFlamingo's
+(DIR/open_flamingo_logits.npy): more than the tolerance apart, it exits with an error. Writes
+DIR/jax.json (seconds, memory, FLOPs, scaling) and DIR/jax_outputs.npz (generated tokens, beam
+scores, log-likelihoods; token ids in OpenFlamingo's order), which compare_openflamingo.py
+checks against its own.
+"""
+
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import measure
+from flamingo_jax import decode
+from flamingo_jax.checkpoints import open_flamingo
+from flamingo_jax.config import training_sections
+from flamingo_jax.flamingo import trainable
+from flamingo_jax.flamingo.model import lm_config, xattn_layer_indices
+from flamingo_jax.flamingo.scan import stack_layers
+from flamingo_jax.train import trainer as trainer_lib
+
+CHECKPOINT, LM_DIR = "open_flamingo.safetensors", "lm"
+
+
+def flamingo_config(directory: pathlib.Path, spec: dict) -> ml_collections.ConfigDict:
+  """The config that computes what the saved OpenFlamingo computes, float32 throughout, with
+  the paper's optimiser on one device."""
+  base = ml_collections.ConfigDict(dict(seed=0, model=dict(
+      dtype="float32", param_dtype="float32", remat=spec["remat"],
+      scan_layers=spec["scan_layers"])))
+  base.update(training_sections(dict(data=1, fsdp=1, tensor=1), frozen_dtype="float32"))
+  return open_flamingo.open_flamingo_config(
+      base, directory / CHECKPOINT, directory / LM_DIR, vocab_size=spec["vocab_size"],
+      open_clip_cfg=spec["open_clip"])
+
+
+def train_batches(images: np.ndarray, tokens: np.ndarray, media_token_id: int) -> dict:
+  """One dataset's batch as `data.mixtures` yields it. images [B, M, H, W, 3]; tokens [B, L]
+  (flamingo-jax ids). Targets are the next tokens; weight 0 on the last position and where the
+  target is `<image>`, as OpenFlamingo's labels have -100 there."""
+  targets = np.concatenate([tokens[:, 1:], np.zeros_like(tokens[:, :1])], axis=1)
+  weights = (targets != media_token_id) & (np.arange(tokens.shape[1]) < tokens.shape[1] - 1)
+  return {"m3w": dict(images=images[:, :, None], tokens=tokens, targets=targets,
+                      weights=weights.astype(np.float32), loss_weight=np.float32(1.0))}
+
+
+def formula_flops(model_config, batch: int, length: int, num_images: int) -> dict[str, float]:
+  """Matmul FLOPs of one training step by hand (2 per multiply-add), by part.
+
+  The frozen tower runs forward only (1x). Everything after it is on the gradient's path (the
+  trainable `<image>` / `<EOC>` rows reach every LM block): frozen weights cost the forward and
+  the input's gradient (2x), trainable weights and products of two activations (attention's
+  q k^T and p v) the forward and both operands' gradients (3x).
+  """
+  v, r, x = model_config.vision, model_config.resampler, model_config.xattn
+  lm = lm_config(model_config)
+  images, tokens = batch * num_images, batch * length
+  grid = (v.image_size // v.patch_size) ** 2
+  n = grid + int(v.class_token)
+  tower = images * (2 * grid * 3 * v.patch_size ** 2 * v.width + v.depth * (
+      8 * n * v.width ** 2 + 4 * n * n * v.width + 4 * n * v.width * v.mlp_dim))
+  inner, kv = r.num_heads * r.head_dim, grid + r.num_latents
+  resampler = 3 * images * r.depth * (
+      4 * r.num_latents * r.dim * inner + 4 * kv * r.dim * inner
+      + 4 * r.num_latents * kv * inner + 4 * r.num_latents * r.mlp_ratio * r.dim ** 2)
+  d, inner, media = lm.embed_dim, x.num_heads * x.head_dim, num_images * r.num_latents
+  gated = 3 * len(xattn_layer_indices(model_config)) * (
+      tokens * (4 * d * inner + 4 * media * inner + 4 * x.mlp_ratio * d ** 2)
+      + batch * 4 * media * r.dim * inner)
+  projections = 2 * d * (2 * lm.num_heads + 2 * lm.kv_heads) * lm.dh
+  mlp = (6 if lm.gated_mlp else 4) * d * lm.mlp_dim
+  blocks = lm.num_layers * tokens * (2 * (projections + mlp) + 3 * 4 * length * lm.num_heads
+                                     * lm.dh)
+  head = tokens * (2 * 2 * d * lm.vocab_size + 3 * 2 * d * lm.num_extra_tokens)
+  parts = dict(tower=tower, resampler=resampler, gated_xattn=gated, lm_blocks=blocks, head=head)
+  return {**{k: float(p) for k, p in parts.items()}, "total": float(sum(parts.values()))}
+
+
+class Side:
+  """The imported model, its parameters and its compiled training step."""
+
+  def __init__(self, directory: pathlib.Path, spec: dict):
+    self.directory = directory
+    self.config = flamingo_config(directory, spec)
+    self.trainer = trainer_lib.Trainer(self.config, jax.devices()[:1])
+    self.model = self.trainer.model
+    self.vocab = self.config.model.lm.vocab_size
+    self.load()
+
+  def load(self):
+    """(Re)reads the parameters from OpenFlamingo's checkpoint."""
+    params, _ = open_flamingo.import_open_flamingo(self.directory / CHECKPOINT, self.config,
+                                                   self.directory / LM_DIR)
+    if self.config.model.scan_layers:
+      params = stack_layers(params, self.config.model)
+    self.params = jax.device_put(params, self.trainer.param_shardings)
+
+  def ours(self, tokens: np.ndarray) -> jax.Array:
+    """OpenFlamingo's token ids -> flamingo-jax's (`<image>` and `<EOC>` swap)."""
+    return jnp.asarray(open_flamingo.flamingo_token_ids(tokens, self.vocab), jnp.int32)
+
+  def theirs(self, tokens) -> np.ndarray:
+    """flamingo-jax's token ids -> OpenFlamingo's (the swap is its own inverse)."""
+    return open_flamingo.flamingo_token_ids(np.asarray(tokens), self.vocab)
+
+  def logits(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """[B, L, V + 2] float32, the columns in OpenFlamingo's order."""
+    forward = jax.jit(lambda p, i, t: self.model.apply({"params": p}, i, t))
+    logits = np.asarray(forward(self.params, jnp.asarray(images[:, :, None]), self.ours(tokens)))
+    return logits[..., self.theirs(np.arange(logits.shape[-1]))]
+
+  def train(self, images: np.ndarray, tokens: np.ndarray, runs: int) -> dict:
+    """Times the compiled train step (examples/s follow from the batch) after one warm-up step;
+    the peak resident memory of the timed steps; XLA's memory and FLOPs. The parameters are
+    the trained ones afterwards."""
+    batches = jax.device_put(train_batches(images, np.asarray(self.ours(tokens)),
+                                           self.config.model.media_token_id))
+    train, frozen = trainable.split(self.params, self.config.model.trainable)
+    trainable_parameters = sum(x.size for x in jax.tree.leaves(train))
+    # From here the state holds the trainable parameters, as in a training loop: no copy.
+    self.params = None
+    state = self.trainer.initial_state(train)
+    del train
+    frozen = jax.device_put(frozen, self.trainer.frozen_shardings)
+    compiled, jaxpr_flops = self.trainer.compiled_step(state, frozen, batches)
+    losses = []
+
+    def step():
+      nonlocal state
+      state, metrics = compiled(state, frozen, batches)
+      losses.append(float(metrics["loss"]))
+
+    step()
+    measure.reset_peak_rss()
+    times, _ = measure.seconds(step, runs, warmup=0)
+    self.params = trainable.merge(state.params, frozen)
+    memory = compiled.memory_analysis()
+    batch, length = tokens.shape
+    return dict(
+        seconds=times, first_loss=losses[0], peak_rss=measure.peak_rss(),
+        xla_bytes=dict(arguments=memory.argument_size_in_bytes,
+                       outputs=memory.output_size_in_bytes, temporaries=memory.temp_size_in_bytes,
+                       aliased=memory.alias_size_in_bytes),
+        flops=dict(cost_analysis=compiled.cost_analysis()["flops"], jaxpr=jaxpr_flops,
+                   formula=formula_flops(self.config.model, batch, length, images.shape[1])),
+        trainable_parameters=trainable_parameters)
+
+  def generation(self, images: np.ndarray, tokens: np.ndarray, candidates: np.ndarray,
+                 lengths: np.ndarray, spec: dict) -> tuple[dict, dict]:
+    """Greedy and beam decoding of `new_tokens` and the candidates' log-likelihoods for one
+    batch of prompts: (seconds of each, and of the first token alone; their outputs)."""
+    images, tokens = jnp.asarray(images[:, :, None]), self.ours(tokens)
+    eoc, n, runs = self.config.model.eoc_token_id, spec["new_tokens"], spec["runs"]
+    mask = np.arange(candidates.shape[1]) < lengths[:, None]
+    calls = {
+        "greedy": lambda n: decode.generate(self.model, self.params, images, tokens, n,
+                                            stop_token=eoc),
+        "beam": lambda n: decode.beam_search(self.model, self.params, images, tokens, n,
+                                             beam_size=spec["beams"], stop_token=eoc),
+    }
+    seconds, outputs = {}, {}
+    for name, call in calls.items():
+      seconds[name], outputs[name] = measure.seconds(lambda: jax.block_until_ready(call(n)),
+                                                     runs)
+      # The first token alone: the media encoded and the prompt read, one token chosen.
+      seconds[f"{name}_first_token"], _ = measure.seconds(
+          lambda: jax.block_until_ready(call(1)), runs)
+    seconds["score"], scores = measure.seconds(lambda: jax.block_until_ready(
+        decode.candidate_log_likelihoods(self.model, self.params, images, tokens,
+                                         jnp.asarray(candidates), jnp.asarray(mask))), runs)
+    seqs, beam_scores = outputs["beam"]
+    return seconds, dict(greedy=self.theirs(outputs["greedy"]), beam=self.theirs(seqs),
+                         beam_scores=np.asarray(beam_scores), score=np.asarray(scores))
+
+
+def main(argv):
+  rss_after_imports = measure.rss()
+  directory = pathlib.Path(argv[1])
+  spec = json.loads((directory / "spec.json").read_text())
+  measure.pin_cpus(spec["threads"])
+  if spec["compilation_cache"]:
+    jax.config.update("jax_compilation_cache_dir", spec["compilation_cache"])
+  inputs = np.load(directory / "inputs.npz")
+  side = Side(directory, spec)
+  # A benchmark of two different computations would be worthless: the logits first.
+  difference = float(np.abs(side.logits(inputs["train_images"], inputs["train_tokens"])
+                            - np.load(directory / "open_flamingo_logits.npy")).max())
+  if difference > spec["tolerance"]:
+    sys.exit(f"flamingo-jax's logits differ from OpenFlamingo's by up to {difference:.2e}, "
+             f"more than the tolerance {spec['tolerance']}: not the same model.")
+  results = dict(parameters=sum(x.size for x in jax.tree.leaves(side.params)),
+                 logits_max_abs_diff=difference)
+  # Training first, so that its peak memory holds no other program's leftovers.
+  results["train"] = side.train(inputs["train_images"], inputs["train_tokens"], spec["runs"])
+  results["train"]["rss_after_imports"] = rss_after_imports
+  side.load()  # The imported parameters again, for decoding as OpenFlamingo's side does.
+  outputs = {}
+  for shots in spec["shots"]:
+    results[f"shots_{shots}"], out = side.generation(
+        inputs[f"prompt_images_{shots}"], inputs[f"prompt_tokens_{shots}"],
+        inputs["candidates"], inputs["candidate_lengths"], spec)
+    outputs |= {f"{k}_{shots}": v for k, v in out.items()}
+  results["scaling"] = []
+  for name in spec["scaling"]:
+    images, tokens = inputs[f"scaling_images_{name}"], inputs[f"scaling_tokens_{name}"]
+    point = side.train(images, tokens, spec["scaling_runs"])
+    results["scaling"].append(dict(images=images.shape[1], length=tokens.shape[1], **point))
+  (directory / "jax.json").write_text(json.dumps(results))
+  np.savez(directory / "jax_outputs.npz", **outputs)
+
+
+if __name__ == "__main__":
+  main(sys.argv)

@@ -1,0 +1,45 @@
+"""benchmarks/compare_openflamingo.py on its tiny model (--smoke): both sides run, the table
+and the JSON come out, and the two sides compute the same thing."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, user_environment
+
+
+def test_compare_openflamingo_smoke(tmp_path):
+  path = tmp_path / "compare.json"
+  # The tiny model's timings do not matter here; XLA compiles its dozen programs, which is most
+  # of the test's time, twice as fast without optimising them.
+  env = dict(user_environment(), XLA_FLAGS="--xla_backend_optimization_level=0")
+  result = subprocess.run(
+      [sys.executable, "benchmarks/compare_openflamingo.py", "--smoke", f"--json={path}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| benchmark | metric | flamingo-jax | OpenFlamingo | ratio |" in result.stdout
+  summary = json.loads(path.read_text())
+
+  # The same model: logits, the first training step's loss, decoding and scoring agree.
+  checks = summary["checks"]
+  assert checks["logits_max_abs_diff"] < 1e-4
+  assert abs(checks["first_loss"]["flamingo_jax"] - checks["first_loss"]["open_flamingo"]) < 1e-4
+  shots = checks["shots_2"]
+  assert shots["greedy_tokens_equal"] == shots["beam_sequences_equal"] == 1.0
+  assert shots["beam_scores_max_abs_diff"] < 1e-4
+  assert shots["log_likelihoods_max_abs_diff"] < 1e-4
+
+  metrics = {(row["benchmark"].split(",")[0], row["metric"]) for row in summary["rows"]}
+  assert metrics == {("train step", "examples/s"), ("train step", "tokens/s"),
+                     ("train step", "peak memory GiB"),
+                     ("train step", "peak memory above imports GiB"),
+                     *((mode, metric) for mode in ("greedy", "beam 3") for metric in (
+                         "first token s", "tokens/s after the first",
+                         "new tokens/s end to end")),
+                     ("score 5 candidates", "s")}
+  assert all(row["flamingo_jax"] > 0 and row["open_flamingo"] > 0 for row in summary["rows"])
+  # The formula counts the matmuls the jaxpr has; XLA adds the elementwise work.
+  flops = summary["flops"]
+  assert abs(flops["jaxpr"] / flops["formula"]["total"] - 1) < 1e-3
+  assert 1 <= flops["cost_analysis"] / flops["formula"]["total"] < 1.2
+  assert [(row["images"], row["length"]) for row in summary["scaling"]] == [(1, 24), (2, 24)]
