@@ -51,16 +51,18 @@ def prefill(model: Flamingo | DecoderLM, params, images, tokens, positions, room
     visual = model.apply(variables, images, method=Flamingo.encode_media)
     state = model.apply(variables, visual, length + room, jnp.dtype(model.config.dtype),
                         method=Flamingo.start_decoding)
-  logits, state = extend(model, params, tokens, positions, state)
+  logits, state = extend(model, params, tokens, positions, state, last_only=True)
   return logits[:, -1], state, jnp.max(positions, axis=1) + 1
 
 
 def extend(model: Flamingo | DecoderLM, params, tokens, positions,
-           state: FlamingoDecodeState | DecodeState):
-  """Appends tokens [B, L] at positions [B, L] to the cache: (logits [B, L, V], new state)."""
+           state: FlamingoDecodeState | DecodeState, last_only: bool = False):
+  """Appends tokens [B, L] at positions [B, L] to the cache: (logits [B, L, V] (L = 1 when
+  `last_only`), new state)."""
   if isinstance(model, DecoderLM):
-    return model.apply({"params": params}, tokens, positions, state)
-  return model.apply({"params": params}, None, tokens, positions, state, method=Flamingo.decode)
+    return model.apply({"params": params}, tokens, positions, state, last_only)
+  return model.apply({"params": params}, None, tokens, positions, state, last_only,
+                     method=Flamingo.decode)
 
 
 def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):

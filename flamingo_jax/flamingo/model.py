@@ -212,13 +212,15 @@ class Flamingo(nn.Module):
     state = FlamingoDecodeState.zeros(self.config, visual.shape[0], length, dtype)
     return state.replace(media=self.media_kv(visual))
 
-  def decode(self, visual, tokens, positions=None, state: FlamingoDecodeState | None = None):
+  def decode(self, visual, tokens, positions=None, state: FlamingoDecodeState | None = None,
+             last_only: bool = False):
     """Runs the LM over `tokens` conditioned on encoded media.
 
     visual: [B, M, R, D] from `encode_media` (None when the state holds the media's keys and
     values, see `start_decoding`); tokens, positions: [B, L] int32 (positions default to
     0..L-1; -1 marks padding). With a state, continues from it and returns (logits, new
-    state); otherwise returns logits [B, L, V].
+    state); otherwise returns logits [B, L, V], or [B, 1, V] of the last position when
+    `last_only` (reading a prompt: a long one's logits cost as much as a few LM layers).
     """
     chex.assert_rank(tokens, 2)
     c = self.config
@@ -250,7 +252,7 @@ class Flamingo(nn.Module):
       x = self.gated_xattn[k](x, block_media, xmask)
       x, unit_caches = self.lm.blocks(layout.unit(k), x, q_pos, kv_pos, mask, lm_state)
       caches.update(unit_caches)
-    logits = self.lm.head(x)
+    logits = self.lm.head(x[:, -1:] if last_only else x)
     if state is None:
       return logits
     return logits, FlamingoDecodeState(lm=advance(lm_state, caches, kv_pos, tokens.shape[1]),

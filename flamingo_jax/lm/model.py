@@ -208,8 +208,10 @@ class DecoderLM(nn.Module):
       logits = jnp.concatenate([logits, x @ jnp.asarray(extra, self.dtype)], axis=-1)
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
-  def __call__(self, tokens, positions=None, state: DecodeState | None = None):
-    """Returns logits [B, L, V], and the advanced DecodeState when one is given.
+  def __call__(self, tokens, positions=None, state: DecodeState | None = None,
+               last_only: bool = False):
+    """Returns logits [B, L, V] ([B, 1, V] of the last position when `last_only`, as reading a
+    prompt needs), and the advanced DecodeState when one is given.
 
     positions: [B, L] int32, default 0..L-1; -1 marks padding that no token attends to.
     """
@@ -218,7 +220,7 @@ class DecoderLM(nn.Module):
     q_pos, kv_pos, mask = attention_positions(positions, state)
     x = self.embed(tokens, positions)
     x, caches = self.blocks(range(self.config.num_layers), x, q_pos, kv_pos, mask, state)
-    logits = self.head(x)
+    logits = self.head(x[:, -1:] if last_only else x)
     if state is None:
       return logits
     return logits, advance(state, caches, kv_pos, tokens.shape[1])
