@@ -96,3 +96,17 @@ def test_unknown_config_field_is_named():
   with pytest.raises(ValueError, match="num_layer"):
     LMConfig.from_dict(dict(vocab_size=1, embed_dim=1, num_layers=1, num_heads=1, mlp_dim=1,
                             num_layer=3))
+
+
+def test_repeated_spans_weigh_only_what_copying_predicts():
+  from flamingo_jax.lm.pretrain import repeated_spans  # pylint: disable=g-import-not-at-top
+  batch = repeated_spans(jax.random.key(0), batch_size=3, span=5, vocab_size=7, weight=0.5)
+  tokens, targets, weights = (np.asarray(batch[k]) for k in ("tokens", "targets", "weights"))
+  assert tokens.shape == targets.shape == weights.shape == (3, 9)
+  sequence = np.concatenate([tokens, targets[:, -1:]], axis=1)
+  np.testing.assert_array_equal(sequence[:, :5], sequence[:, 5:])
+  np.testing.assert_array_equal(targets, sequence[:, 1:])
+  assert sequence.min() >= 0 and sequence.max() < 7
+  # Targets 6..9 follow a token seen before with its successor; the repeat's first does not.
+  np.testing.assert_array_equal(weights, np.broadcast_to([0] * 5 + [1] * 4, (3, 9)))
+  assert float(batch["loss_weight"]) == 0.5
