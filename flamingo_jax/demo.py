@@ -60,7 +60,8 @@ def vocabulary_path(config, directory: pathlib.Path) -> str:
     print("== 1/5 training the tokenizer on the synthetic text", flush=True)
     c, data = config.tokenizer, config.data.synthetic
     tokenizer.train_sentencepiece(
-        synthetic.corpus(data.seed, c.num_examples, ways=data.ways, shots=data.shots),
+        synthetic.corpus(data.seed, c.num_examples, ways=data.ways, shots=data.shots,
+                         name_colours=data.get("name_colours", False)),
         c.vocab_size, path)
   return str(path)
 
@@ -126,7 +127,8 @@ def evaluate(config, checkpoint: pathlib.Path, workdir: pathlib.Path) -> dict:
   vocabulary = mixtures.make_vocabulary(config.data.vocabulary)
   data_dirs = synthetic_benchmarks.write_benchmarks(
       str(workdir / "benchmarks"), config.model.vision.image_size, num_queries=e.num_queries,
-      num_support=e.num_support, max_shots=max(e.shots))
+      num_support=e.num_support, max_shots=max(e.shots),
+      name_colours=config.data.synthetic.get("name_colours", False))
   results = {}
   runs = [(name, shots) for name in data_dirs for shots in e.shots]
   for name, shots in tqdm.tqdm(runs, desc="evaluate"):

@@ -51,7 +51,8 @@ def demo_vocabulary(tmp_path_factory) -> str:
   from flamingo_jax.data import synthetic, tokenizer  # pylint: disable=g-import-not-at-top
   config = flamingo_jax.load_config(str(REPO / "configs" / "demo.py"))
   return tokenizer.train_sentencepiece(
-      synthetic.corpus(config.data.synthetic.seed, config.tokenizer.num_examples),
+      synthetic.corpus(config.data.synthetic.seed, config.tokenizer.num_examples,
+                       name_colours=config.data.synthetic.name_colours),
       config.tokenizer.vocab_size, tmp_path_factory.mktemp("tokenizer") / "spm.model")
 
 

@@ -165,6 +165,22 @@ def test_binding_answer_is_the_word_bound_in_the_support_texts():
   assert np.mean(np.array(positions_per_kind) > 1) > 0.8
 
 
+def test_named_binding_names_each_kinds_colour_with_its_word():
+  for i in range(20):
+    pure = S.binding_example(0, "train", i, ways=2, shots=2)
+    doc = S.binding_example(0, "train", i, ways=2, shots=2, name_colours=True)
+    np.testing.assert_array_equal(doc["images"], pure["images"])  # The same episode.
+    named = {}  # Word -> "<colour> <word>", read from the pixels.
+    for image, text, pure_text in zip(doc["images"][:-1], doc["texts"], pure["texts"]):
+      (obj,) = read_scene(image)
+      word = re.fullmatch(r"This is a (\w+)\.", pure_text)[1]
+      named[word] = f"{obj.colour} {word}"
+      assert text == f"This is a {named[word]}."
+    assert doc["texts"][-1] == "This is a"  # The query names nothing.
+    assert doc["answer"] == named[pure["answer"]]
+    assert doc["candidates"] == [named[word] for word in pure["candidates"]]
+
+
 def dataset_fn(make):
   keys = {S.pair_example: ("image", "text"),
           S.binding_example: ("images", "texts", "answer", "candidates")}[make]

@@ -42,6 +42,17 @@ def test_a_zero_shot_only_binding_benchmark_still_has_its_words(tmp_path):
     assert query.answers[0] in [s.answers[0] for s in query.support]
 
 
+def test_named_binding_episodes_answer_with_the_colour_and_the_word(tmp_path):
+  data_dir = synthetic_benchmarks.write_benchmarks(
+      str(tmp_path), image_size=32, num_queries=2, num_support=2, max_shots=4,
+      name_colours=True)["synthetic_binding"]
+  benchmark = BENCHMARKS["synthetic_binding"]
+  for i, query in enumerate(benchmark.read(data_dir, benchmark.eval_split)):
+    document = synthetic.binding_example(0, "test", i, 32, ways=2, shots=2, name_colours=True)
+    assert query.answers == (document["answer"],) and len(document["answer"].split()) == 2
+    assert sorted({s.answers[0] for s in query.support}) == sorted(document["candidates"])
+
+
 def test_binding_episodes_hold_the_pixels_of_their_document(written):
   """Support i of episode 0 is an image of binding document 0 under its own word."""
   queries = BENCHMARKS["synthetic_binding"].read(written["synthetic_binding"], "test")

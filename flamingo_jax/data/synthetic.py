@@ -262,7 +262,7 @@ def interleaved_example(seed: int, split: str, index: int, image_size: int = 32)
 
 
 def binding_example(seed: int, split: str, index: int, image_size: int = 32, ways: int = 2,
-                    shots: int = 2) -> dict:
+                    shots: int = 2, name_colours: bool = False) -> dict:
   """A fast-concept-binding document (Frozen, Tsimpoukelli et al. 2021).
 
   The document draws `ways` fresh nonsense words that share no letter (so each letter of the
@@ -272,8 +272,16 @@ def binding_example(seed: int, split: str, index: int, image_size: int = 32, way
   every kind `shots` times in random order, with "This is a <word>."; the query image shows one
   of the kinds and is followed by "This is a".
 
+  name_colours: the support texts name the kind's colour, "This is a red dax.", and the answer
+  is "red dax": the query's colour is seen in its image, its word bound in the supports. In the
+  pure form (Frozen's) only images tell the kinds apart, so the frozen LM must compare two
+  things the bridge writes, which the demo's miniature LM is not brought to in minutes (see
+  the README); with the colour named, the supports' side is text, and copying the word that
+  followed the query's colour is induction.
+
   Returns {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,
-  "candidates": [ways] str} with K = ways * shots; candidates are the bound words.
+  "candidates": [ways] str} with K = ways * shots; candidates are the bound words (with their
+  colours when named).
   """
   rng = example_rng(seed, "binding", split, index)
   if not 2 <= ways <= min(len(SHAPES), len(_VOWELS)):
@@ -282,6 +290,8 @@ def binding_example(seed: int, split: str, index: int, image_size: int = 32, way
   shapes = [str(s) for s in rng.permutation(SHAPES)[:ways]]
   colours = [str(c) for c in rng.permutation(list(PALETTE))[:ways]]
   words = episode_words(rng, ways)
+  if name_colours:
+    words = [f"{colour} {word}" for colour, word in zip(colours, words)]
 
   def draw(kind):
     position = str(rng.choice(list(POSITIONS)))
@@ -368,10 +378,12 @@ class SyntheticSource:
   split_sizes: tuple  # ((split, size), ...): hashable, unlike a dict.
   ways: int = 2
   shots: int = 2
+  name_colours: bool = False
 
   def example(self, split: str, index: int) -> dict:
     make = {"pairs": pair_example, "vqa": vqa_example, "interleaved": interleaved_example,
-            "binding": functools.partial(binding_example, ways=self.ways, shots=self.shots)}
+            "binding": functools.partial(binding_example, ways=self.ways, shots=self.shots,
+                                         name_colours=self.name_colours)}
     example = make[self.kind](self.seed, split, index, image_size=self.image_size)
     return training_text(self.kind, example)
 
@@ -393,12 +405,12 @@ class SyntheticSource:
 
 
 def corpus(seed: int, num_examples: int, split: str = "train", ways: int = 2,
-           shots: int = 2) -> Iterator[str]:
+           shots: int = 2, name_colours: bool = False) -> Iterator[str]:
   """The text of the first `num_examples` examples of every kind, one string per caption,
   question-answer or document passage, as the registered Tasks read them (`training_text`):
   what a tokenizer for these tasks is trained on."""
   size = 12  # The smallest image render() draws: only the text is kept.
-  sources = [SyntheticSource(kind, seed, size, (), ways, shots) for kind in KINDS]
+  sources = [SyntheticSource(kind, seed, size, (), ways, shots, name_colours) for kind in KINDS]
   for index in range(num_examples):
     for source in sources:
       example = source.example(split, index)
@@ -412,7 +424,8 @@ TASK_KINDS = {"pairs": "pair", "vqa": "pair", "interleaved": "interleaved",
 
 def register_synthetic_tasks(vocabulary: seqio.Vocabulary, image_size: int = 32, seed: int = 0,
                              split_sizes: dict[str, int] | None = None, ways: int = 2,
-                             shots: int = 2, prefix: str = "synthetic",
+                             shots: int = 2, name_colours: bool = False,
+                             prefix: str = "synthetic",
                              shuffle_buffer_size: int = tasks.SHUFFLE_BUFFER_SIZE) -> list[str]:
   """Registers `{prefix}_pairs`, `_vqa`, `_interleaved` and `_binding` as Tasks of model
   examples (`tasks.register`) and returns their names. Registering again replaces them."""
@@ -421,7 +434,7 @@ def register_synthetic_tasks(vocabulary: seqio.Vocabulary, image_size: int = 32,
   names = []
   for kind, task_kind in TASK_KINDS.items():
     names.append(f"{prefix}_{kind}")
-    source = SyntheticSource(kind, seed, image_size, split_sizes, ways, shots)
+    source = SyntheticSource(kind, seed, image_size, split_sizes, ways, shots, name_colours)
     # Exact data: text follows its image by construction (a binding query must precede its
     # answer), captions name sides and colours, so neither attachment, flips nor jitter apply.
     tasks.register(names[-1], task_kind, source, vocabulary, media, shuffle_buffer_size,

@@ -63,7 +63,7 @@ def vqa_records(directory: str, seed: int, split: str, count: int, image_size: i
 
 
 def binding_records(directory: str, seed: int, count: int, image_size: int, ways: int,
-                    max_shots: int) -> list[dict]:
+                    max_shots: int, name_colours: bool = False) -> list[dict]:
   if max_shots % ways:
     raise ValueError(f"max_shots {max_shots} must be a multiple of ways {ways}")
   rng = np.random.default_rng(seed)
@@ -72,7 +72,8 @@ def binding_records(directory: str, seed: int, count: int, image_size: int, ways
     # An episode's words exist only in its support examples: at least one of each, even when
     # the evaluation shows none (0 shots only).
     example = synthetic.binding_example(seed, "test", i, image_size, ways=ways,
-                                        shots=max(max_shots // ways, 1))
+                                        shots=max(max_shots // ways, 1),
+                                        name_colours=name_colours)
     *support_images, query_image = example["images"]
     words = [text.removeprefix("This is a ").removesuffix(".") for text in example["texts"][:-1]]
     support = [{"id": f"test-{i}-support-{j}", "question": None, "answers": [words[j]],
@@ -85,15 +86,17 @@ def binding_records(directory: str, seed: int, count: int, image_size: int, ways
 
 
 def write_benchmarks(directory: str, image_size: int, seed: int = 0, num_queries: int = 100,
-                     num_support: int = 200, ways: int = 2, max_shots: int = 8) -> dict[str, str]:
-  """Writes the three benchmarks under `directory`; returns {benchmark name: its data_dir}."""
+                     num_support: int = 200, ways: int = 2, max_shots: int = 8,
+                     name_colours: bool = False) -> dict[str, str]:
+  """Writes the three benchmarks under `directory`; returns {benchmark name: its data_dir}.
+  name_colours: binding episodes name their kinds' colours (`synthetic.binding_example`)."""
   written = {}
   for name in ("synthetic_caption", "synthetic_vqa", "synthetic_binding"):
     data_dir = written[name] = os.path.join(directory, name)
     os.makedirs(os.path.join(data_dir, "images"), exist_ok=True)
     if name == "synthetic_binding":
       splits = {"test": binding_records(data_dir, seed, num_queries, image_size, ways,
-                                        max_shots)}
+                                        max_shots, name_colours)}
     else:
       make = caption_records if name == "synthetic_caption" else vqa_records
       splits = {"test": make(data_dir, seed, "test", num_queries, image_size),
