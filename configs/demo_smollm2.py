@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   for name, batch_size in dict(synthetic_interleaved=4, synthetic_binding=16, synthetic_vqa=4,
                                synthetic_pairs=4).items():
     config.data.tasks[name].batch_size = batch_size
+  # Frozen's pure binding episodes ("This is a dax."), each kind shown twice: a real LM binds a
+  # word to what only the images show, and generalises to 8 shots.
+  config.data.synthetic.update(name_colours=False, shots=2)
+  config.data.tasks.synthetic_binding.update(max_length=40, max_images=5)
   config.train.update(num_steps=300, log_every=10, checkpoint_every=50)
   config.train.optimizer.update(learning_rate=1e-3)
   # A made-up word is up to 3 tokens, a caption up to 18.
