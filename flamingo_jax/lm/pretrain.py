@@ -1,5 +1,5 @@
 """Pretraining a Flamingo config's LM on the text of its data mixture, before it is frozen (the
-embedded demo's stage 1). Language models are pretrained on text alone, so the batches'
+embedded demo's stage 2). Language models are pretrained on text alone, so the batches'
 pixels are dropped; the `<image>` and `<EOC>` tokens stay, so the LM learns where documents
 break for media before it ever sees one.
 
