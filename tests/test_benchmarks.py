@@ -37,7 +37,10 @@ def test_compare_openflamingo_smoke(tmp_path):
                          "first token s", "tokens/s after the first",
                          "new tokens/s end to end")),
                      ("score 5 candidates", "s")}
-  assert all(row["flamingo_jax"] > 0 and row["open_flamingo"] > 0 for row in summary["rows"])
+  # A rate after the first token divides by the difference of two timings, which for the tiny
+  # model's few tokens is within noise (negative on a busy CPU); the rest are measured directly.
+  assert all(row["flamingo_jax"] > 0 and row["open_flamingo"] > 0 for row in summary["rows"]
+             if row["metric"] != "tokens/s after the first")
   # The formula counts the matmuls the jaxpr has; XLA adds the elementwise work.
   flops = summary["flops"]
   assert abs(flops["jaxpr"] / flops["formula"]["total"] - 1) < 1e-3
