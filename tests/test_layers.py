@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flamingo_jax.layers import attention, mlp, norms
+from flamingo_jax.layers import attention, linear, mlp, norms
 
 
 def test_grouped_query_attention_equals_attention_with_repeated_kv_heads():
@@ -54,6 +54,24 @@ def test_relative_attention_is_translation_invariant():
   out, _ = layer.apply(params, x, x, mask, pos, pos)
   shifted, _ = layer.apply(params, x, x, mask, pos + 11, pos + 11)
   np.testing.assert_allclose(out, shifted, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_in", [1, 2])
+def test_flat_matmul_is_the_tensor_product(num_in):
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
+  kernel = jax.random.normal(jax.random.key(1), (4, 5, 6)[2 - num_in:])
+  np.testing.assert_allclose(linear.flat_matmul(x, kernel, num_in),
+                             jnp.tensordot(x, kernel, axes=num_in), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_weight_gradient_needs_no_transposed_copy():
+  """The point of flat_matmul: a dense layer on [B, L, D] differentiates without a transpose."""
+  layer = mlp.Mlp(64, "gelu")
+  x = jnp.ones((3, 8, 16))
+  params = layer.init(jax.random.key(0), x)
+  grad = jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))
+  hlo = jax.jit(grad).lower(params).compile().as_text()
+  assert " transpose(" not in hlo
 
 
 def test_squared_relu():

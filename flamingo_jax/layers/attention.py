@@ -12,6 +12,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from flamingo_jax.layers.linear import flat_matmul
+
 NEG_INF = -1e30  # Finite, so an all-masked row gives a uniform softmax rather than NaN.
 
 
@@ -124,7 +126,7 @@ class Projection(nn.Module):
     init = nn.initializers.lecun_normal(in_axis=fan[:num_in], out_axis=fan[num_in:])
     kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
                         x.shape[x.ndim - num_in:] + tuple(self.features), self.param_dtype)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=num_in)
+    y = flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), num_in)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(
           nn.initializers.zeros, self.axes[num_in:]), tuple(self.features), self.param_dtype)

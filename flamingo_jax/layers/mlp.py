@@ -4,6 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flamingo_jax.layers.linear import flat_dot_general
+
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -27,6 +29,7 @@ def dense(features: int, axes: tuple[str, str], *, use_bias: bool, dtype, param_
   """A Dense layer whose kernel and bias carry logical axis names."""
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      dot_general=flat_dot_general,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
       name=name)
