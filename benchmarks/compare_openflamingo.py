@@ -68,7 +68,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_bool("smoke", False, "A tiny model and short runs, for the test: the defaults of "
                   "the flags below not given are SMOKE_FLAGS'.")
 flags.DEFINE_integer("threads", 2, "CPU threads for each side (CPUs 0..threads-1).")
-flags.DEFINE_integer("runs", 3, "Timed runs of everything (after one warm-up run).")
+flags.DEFINE_integer("runs", 5, "Timed runs of everything (after one warm-up run).")
 flags.DEFINE_list("shots", ["4", "32"], "Few-shot prompts to generate and score with.")
 flags.DEFINE_integer("prompts", 1, "Prompts per generation / scoring batch.")
 flags.DEFINE_integer("new_tokens", 20, "Tokens to generate.")
