@@ -50,8 +50,9 @@ setuptools.setup(
         # machines' disk; torch 2.14.1 and torchvision 0.29.1, a CUDA build, install from the
         # disk and work, if triton is imported before TensorFlow (tests/conftest.py).
         # nbclient, nbformat, ipykernel: the colab's test; filelock: one demo run for all
-        # pytest workers; scikit-image: its sample photos, for ImageNet checks.
-        "test": ["pytest>=8", "pytest-xdist>=3", "jax[tpu]", "torch==2.14.1",
+        # pytest workers; scikit-image: its sample photos, for ImageNet checks; import-linter:
+        # the layering contract (.importlinter).
+        "test": ["pytest>=8", "pytest-xdist>=3", "import-linter", "jax[tpu]", "torch==2.14.1",
                  "torchvision==0.29.1", "transformers", "open_clip_torch", "einops-exts",
                  "nbclient", "nbformat", "ipykernel", "filelock", "scikit-image"],
     },

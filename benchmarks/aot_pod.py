@@ -7,7 +7,7 @@
 
 from absl import app, flags
 
-from flamingo_jax.config import load_config
+from flamingo_jax.configs import load_config
 from flamingo_jax.train import aot
 
 FLAGS = flags.FLAGS

@@ -9,7 +9,7 @@ step time and memory grow with images per sequence and sequence length (flamingo
 
 The same model: OpenFlamingo is built with random weights (an OpenCLIP ViT, a transformers LLaMA
 extended by open_flamingo's FlamingoLMMixin, its Flamingo; the tanh gates set to 0.5 so that the
-images count), its state dict saved and imported with `flamingo_jax.checkpoints.open_flamingo`,
+images count), its state dict saved and imported with `flamingo_jax.checkpoints.flamingo_sources`,
 and both sides' logits on the training batch must agree (`--tolerance`) before anything is
 timed. Generated tokens, beam scores, the first step's loss and the candidates' log-likelihoods
 are compared too and reported.

@@ -7,7 +7,7 @@ meets torch (whose triton breaks when loaded after it).
 DIR is compare_openflamingo.py's work folder: spec.json (the settings), inputs.npz (the batches,
 prompts and candidates, token ids in OpenFlamingo's order), open_flamingo.safetensors (the
 OpenFlamingo model's state dict) and lm/config.json (its LM's Hugging Face config). The model is
-imported with `checkpoints.open_flamingo`, so both sides run the same weights. Before timing
+imported with `checkpoints.flamingo_sources`, so both sides run the same weights. Before timing
 anything, its logits on the training batch are checked against OpenFlamingo's
 (DIR/open_flamingo_logits.npy): more than the tolerance apart, it exits with an error. Writes
 DIR/jax.json (seconds, memory, FLOPs, scaling) and DIR/jax_outputs.npz (generated tokens, beam
@@ -26,8 +26,8 @@ import numpy as np
 
 import measure
 from flamingo_jax import decode
-from flamingo_jax.checkpoints import open_flamingo
-from flamingo_jax.config import training_sections
+from flamingo_jax.checkpoints import flamingo_sources, open_flamingo
+from flamingo_jax.configs.base import training_sections
 from flamingo_jax.flamingo import trainable
 from flamingo_jax.flamingo.model import lm_config, xattn_layer_indices
 from flamingo_jax.flamingo.scan import stack_layers
@@ -43,7 +43,7 @@ def flamingo_config(directory: pathlib.Path, spec: dict) -> ml_collections.Confi
       dtype="float32", param_dtype="float32", remat=spec["remat"],
       scan_layers=spec["scan_layers"])))
   base.update(training_sections(dict(data=1, fsdp=1, tensor=1), frozen_dtype="float32"))
-  return open_flamingo.open_flamingo_config(
+  return flamingo_sources.open_flamingo_config(
       base, directory / CHECKPOINT, directory / LM_DIR, vocab_size=spec["vocab_size"],
       open_clip_cfg=spec["open_clip"])
 
@@ -103,8 +103,8 @@ class Side:
 
   def load(self):
     """(Re)reads the parameters from OpenFlamingo's checkpoint."""
-    params, _ = open_flamingo.import_open_flamingo(self.directory / CHECKPOINT, self.config,
-                                                   self.directory / LM_DIR)
+    params, _ = flamingo_sources.import_open_flamingo(self.directory / CHECKPOINT, self.config,
+                                                      self.directory / LM_DIR)
     if self.config.model.scan_layers:
       params = stack_layers(params, self.config.model)
     self.params = jax.device_put(params, self.trainer.param_shardings)

@@ -14,8 +14,8 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 
-from flamingo_jax import model_factory
-from flamingo_jax.config import load_config
+from flamingo_jax.flamingo import factory
+from flamingo_jax.configs import load_config
 from flamingo_jax.flamingo import trainable
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ def main(argv):
   config = load_config(FLAGS.config)
   if FLAGS.num_layers:
     config.model.lm.num_layers = FLAGS.num_layers
-  images, tokens = model_factory.example_inputs(config, FLAGS.batch, length=FLAGS.length)
+  images, tokens = factory.example_inputs(config, FLAGS.batch, length=FLAGS.length)
   images, tokens = jax.eval_shape(lambda: (images, tokens))
   c = config.model
   print(f"{FLAGS.config}: {c.lm.num_layers} LM blocks, gated blocks every {c.xattn.every} from "
@@ -57,8 +57,8 @@ def main(argv):
     for remat in FLAGS.remat:
       for scan in (False, True):
         config.model.update(dict(remat=remat, scan_layers=scan))
-        model = model_factory.build_model(config)
-        params = model_factory.abstract_params(model, config)
+        model = factory.build_model(config)
+        params, _ = factory.abstract_params_and_axes(model, config)
         if what == "forward":
           times = seconds(lambda p, i, t: model.apply({"params": p}, i, t), params, images, tokens)
         else:

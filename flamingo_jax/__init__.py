@@ -8,7 +8,7 @@
 """
 
 from flamingo_jax.checkpoints.orbax_io import load, save
-from flamingo_jax.config import load_config
-from flamingo_jax.model_factory import create
+from flamingo_jax.configs import load_config
+from flamingo_jax.flamingo.factory import create
 
 __all__ = ["create", "load", "load_config", "save"]

@@ -6,11 +6,11 @@ Every stage goes through the library's own public paths, and leaves its result i
 directory, so a second run skips what is done (and an interrupted training resumes):
 1. tokenizer/: a BPE SentencePiece vocabulary of the synthetic text (`config.tokenizer`), in
    which every word is one token;
-2. lm/: pretrain a small LM on the synthetic source's text (flamingo_jax.lm.pretrain: the
+2. lm/: pretrain a small LM on the synthetic source's text (flamingo_jax.train.lm_pretraining: the
    mixture's token streams without their pixels), then freeze it. With `config.pretrained_lm`
    (configs/demo_smollm2.py) stages 1 and 2 import a pretrained LM and its tokenizer instead;
 3. vision/: pretrain the vision tower contrastively on synthetic image-caption pairs with the
-   paper's two-term loss (flamingo_jax.vision.contrastive), then freeze it;
+   paper's two-term loss (flamingo_jax.train.contrastive), then freeze it;
 4. flamingo/: train the resampler and gated cross-attention on the loss-weighted mixture of
    interleaved documents, pairs, VQA and novel-word binding documents, on both frozen towers;
 5. evaluate with the few-shot harness at 0, 4 and 8 shots on held-out synthetic benchmarks:
@@ -24,28 +24,33 @@ import os
 import pathlib
 import time
 
-from absl import app, flags
+from flamingo_jax import console  # pylint: disable=g-bad-import-order
+if __name__ == "__main__":
+  console.capture()  # Before the imports below load TensorFlow and the backends.
+
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax
 from ml_collections import config_flags
 import orbax.checkpoint as ocp
 import tqdm
 
 from flamingo_jax.checkpoints import lm_sources, orbax_io
-from flamingo_jax.data import mixtures
 from flamingo_jax.data import synthetic
 from flamingo_jax.data import tokenizer
 from flamingo_jax.evaluation import harness
 from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
-from flamingo_jax.lm import pretrain
-from flamingo_jax.model_factory import create
-from flamingo_jax.train import trainer
-from flamingo_jax.vision import contrastive
+from flamingo_jax.flamingo.factory import create
+from flamingo_jax.train import contrastive, lm_pretraining, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where every stage leaves its results.")
 
 BENCHMARK_METRICS = {"synthetic_caption": "CIDEr", "synthetic_vqa": "accuracy",
                      "synthetic_binding": "accuracy"}
+
+
+def log_path() -> pathlib.Path:
+  return pathlib.Path(_WORKDIR.value).resolve() / "demo.log"
 
 
 def metrics_history(workdir: pathlib.Path) -> list[dict]:
@@ -73,22 +78,21 @@ def imported_lm(config, directory: pathlib.Path):
   source = config.pretrained_lm
   if not (directory / orbax_io.CONFIG_FILE).exists():
     print(f"== 1-2/5 importing the pretrained LM ({source.path}) and its tokenizer", flush=True)
-    lm_sources.convert_lm(source.format, source.path, config, directory)
+    lm_sources.convert_lm(lm_sources.SOURCES[source.format](source.path), config, directory)
   _, params, saved = orbax_io.load(directory)
   config = lm_sources.with_lm(config, saved.model.lm.to_dict())
-  config.data.vocabulary = str(directory / orbax_io.TOKENIZER_FILE)
+  config.data.vocabulary = str(directory / tokenizer.TOKENIZER_FILE)
   return config, params["lm"]
 
 
-def pretrained(workdir: pathlib.Path, description: str, num_steps: int, train_fn):
-  """Runs (or skips) a pretraining stage `train_fn(progress) -> (params, history)`, keeping
+def pretrained(workdir: pathlib.Path, description: str, train_fn):
+  """Runs (or skips) a pretraining stage `train_fn() -> (params, history)`, keeping
   its parameters (orbax) and history in `workdir`; returns the parameters."""
   path = (workdir / "params").resolve()
   with ocp.StandardCheckpointer() as checkpointer:
     if not path.exists():
       print(f"== {description}", flush=True)
-      with tqdm.tqdm(total=num_steps, desc=workdir.name) as progress:
-        params, history = train_fn(progress)
+      params, history = train_fn()
       checkpointer.save(path, params)
       (workdir / "history.json").write_text(json.dumps(history))
     return checkpointer.restore(path)
@@ -124,7 +128,7 @@ def evaluate(config, checkpoint: pathlib.Path, workdir: pathlib.Path) -> dict:
   print("== 5/5 few-shot evaluation on held-out synthetic benchmarks", flush=True)
   e = config.demo.eval
   model, params, _ = orbax_io.load(checkpoint, config)
-  vocabulary = mixtures.make_vocabulary(config.data.vocabulary)
+  vocabulary = tokenizer.make_vocabulary(config.data.vocabulary)
   data_dirs = synthetic_benchmarks.write_benchmarks(
       str(workdir / "benchmarks"), config.model.vision.image_size, num_queries=e.num_queries,
       num_support=e.num_support, max_shots=max(e.shots),
@@ -187,11 +191,9 @@ def main(argv):
   else:
     config.data.vocabulary = vocabulary_path(config, workdir / "tokenizer")
     lm_params = pretrained(workdir / "lm", "2/5 pretraining the LM on the synthetic text",
-                           config.lm_pretraining.num_steps,
-                           lambda progress: pretrain.train(config, progress))
+                           lambda: lm_pretraining.train(config))
   towers = pretrained(workdir / "vision", "3/5 contrastive pretraining of the vision tower",
-                      config.contrastive.num_steps,
-                      lambda progress: contrastive.train(config, progress))
+                      lambda: contrastive.train(config))
   frozen = frozen_towers(config, lm_params, towers["vision_encoder"], workdir / "frozen")
   flamingo = train_flamingo(config, frozen, workdir / "flamingo")
   results = evaluate(config, flamingo, workdir)
@@ -206,7 +208,9 @@ def main(argv):
   print(table(results))
   print(f"Done in {time.perf_counter() - start:.0f} s. Results: {workdir / 'results.json'}, "
         f"{workdir / 'results.png'}; the trained model: {flamingo} (flamingo_jax.load).")
+  if not console.verbose():
+    print(f"The libraries' logs: {log_path()} (--verbose prints them here).")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main, log_path)

@@ -6,22 +6,28 @@
 The model comes from a `flamingo_jax.save` directory (with its config, or with --config's,
 which must have the same parameter shapes). Prints a table of the benchmark's metrics per
 number of shots and writes them, with every prediction, to --output as JSON. Without
---checkpoint the model has random weights (a dry run of the pipeline).
+--checkpoint the model has random weights (a dry run of the pipeline). Text goes through
+--vocabulary, else the checkpoint's `tokenizer.json` when it has one, else the config's
+vocabulary (`config.data.vocabulary`).
 """
 
 import dataclasses
 import json
 import pathlib
 
-from absl import app, flags
+from flamingo_jax import console  # pylint: disable=g-bad-import-order
+if __name__ == "__main__":
+  console.capture()  # Before the imports below load TensorFlow and the backends.
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
 from ml_collections import config_flags
 
-from flamingo_jax import model_factory
 from flamingo_jax.checkpoints import orbax_io
-from flamingo_jax.data.mixtures import make_vocabulary
-from flamingo_jax.evaluation import harness
+from flamingo_jax.data import tokenizer
+from flamingo_jax.evaluation import harness, prompts
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS
+from flamingo_jax.flamingo import factory
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (default: the checkpoint's).")
@@ -29,15 +35,20 @@ flags.DEFINE_string("checkpoint", None, "A flamingo_jax.save directory.")
 flags.DEFINE_enum("benchmark", None, sorted(BENCHMARKS), "Benchmark to run.")
 flags.DEFINE_string("data_dir", None, "The benchmark's official files.")
 flags.DEFINE_list("shots", ["0", "4", "8", "16", "32"], "Support examples per query.")
-flags.DEFINE_string("vocabulary", None, "SentencePiece model or 'byte' (default: the config's).")
+flags.DEFINE_string("vocabulary", None, "SentencePiece model, tokenizer.json or 'byte' "
+                    "(default: the checkpoint's tokenizer.json, else the config's).")
 flags.DEFINE_string("output", None, "JSON results (default: eval_<benchmark>.json here).")
-flags.DEFINE_enum("style", "open_flamingo", sorted(harness.prompts.FORMATS), "Prompt formats.")
+flags.DEFINE_enum("style", "open_flamingo", sorted(prompts.FORMATS), "Prompt formats.")
 flags.DEFINE_enum("selection", "random", ["random", "rices"], "How support examples are picked.")
 flags.DEFINE_integer("batch_size", 8, "Queries per batch.")
 flags.DEFINE_integer("num_samples", 0, "Queries to evaluate, a seeded subset (0: all).")
 flags.DEFINE_integer("beam_size", 3, "Beams for captions and answers (1: greedy).")
 flags.DEFINE_integer("seed", 0, "Seed of the subset and of random support examples.")
 flags.mark_flags_as_required(["benchmark", "data_dir"])
+
+
+def output_path() -> pathlib.Path:
+  return pathlib.Path(FLAGS.output or f"eval_{FLAGS.benchmark}.json")
 
 
 def main(argv):
@@ -47,10 +58,15 @@ def main(argv):
   elif FLAGS.config is not None:
     print("No --checkpoint: RANDOM weights, the numbers mean nothing.")
     config = FLAGS.config
-    model, params = model_factory.create(config, jax.random.key(config.seed))
+    model, params = factory.create(config, jax.random.key(config.seed))
   else:
     raise app.UsageError("Give --checkpoint, --config or both.")
-  vocabulary = make_vocabulary(FLAGS.vocabulary or config.data.vocabulary)
+  if FLAGS.vocabulary:
+    vocabulary = tokenizer.make_vocabulary(FLAGS.vocabulary)
+  elif FLAGS.checkpoint:
+    vocabulary = tokenizer.checkpoint_vocabulary(FLAGS.checkpoint, config.data.vocabulary)
+  else:
+    vocabulary = tokenizer.make_vocabulary(config.data.vocabulary)
   settings = harness.Settings(style=FLAGS.style, selection=FLAGS.selection,
                               batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples,
                               beam_size=FLAGS.beam_size, seed=FLAGS.seed)
@@ -63,7 +79,7 @@ def main(argv):
   print("| --- " * (len(names) + 1) + "|")
   for shots, result in results.items():
     print(f"| {shots} | " + " | ".join(f"{100 * result['metrics'][n]:.2f}" for n in names) + " |")
-  output = pathlib.Path(FLAGS.output or f"eval_{FLAGS.benchmark}.json")
+  output = output_path()
   output.write_text(json.dumps({"benchmark": FLAGS.benchmark, "checkpoint": FLAGS.checkpoint,
                                 "settings": dataclasses.asdict(settings), "results": results},
                                 indent=2))
@@ -71,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main, lambda: output_path().with_suffix(".log"))

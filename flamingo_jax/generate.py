@@ -17,10 +17,13 @@ instruction-tuned model), the prompt becomes a user turn of it followed by the s
 assistant's turn; --nochat continues the raw text. Generation stops at the file's EOS.
 """
 
-import pathlib
 import re
 
-from absl import app, flags
+from flamingo_jax import console  # pylint: disable=g-bad-import-order
+if __name__ == "__main__":
+  console.capture()  # Before the imports below load TensorFlow and the backends.
+
+from absl import flags  # pylint: disable=g-import-not-at-top
 import gguf
 import jax.numpy as jnp
 from jinja2 import ext, sandbox
@@ -29,9 +32,9 @@ import seqio
 
 import flamingo_jax
 from flamingo_jax import decode
-from flamingo_jax.checkpoints import gguf_lm, orbax_io
-from flamingo_jax.data import mixtures, preprocess
-from flamingo_jax.evaluation import harness
+from flamingo_jax.checkpoints import gguf_lm, lm_sources
+from flamingo_jax.configs.base import smollm2_path
+from flamingo_jax.data import media, preprocess, tokenizer
 from flamingo_jax.lm.model import DecoderLM
 
 FLAGS = flags.FLAGS
@@ -95,11 +98,8 @@ def flamingo_generation(checkpoint: str, prompt: str, image_paths: list[str]):
     raise ValueError(f"The prompt has {prompt.count(MEDIA)} {MEDIA}s and --images names "
                      f"{len(image_paths)} files: give one image per {MEDIA}, at least one.")
   model, params, config = flamingo_jax.load(checkpoint)
-  tokenizer_file = pathlib.Path(checkpoint) / orbax_io.TOKENIZER_FILE
-  vocabulary = mixtures.make_vocabulary(
-      str(tokenizer_file) if tokenizer_file.exists() else config.data.vocabulary)
-  loader = harness.MediaLoader(config.model, num_frames=1)
-  images = jnp.asarray(np.stack([loader.image(p) for p in image_paths])[None, :, None])
+  vocabulary = tokenizer.checkpoint_vocabulary(checkpoint, config.data.vocabulary)
+  images = jnp.asarray(media.MediaLoader(config.model).images(image_paths)[None, :, None])
   eoc = config.model.eoc_token_id
   tokens = prompt_tokens(prompt, vocabulary, {MEDIA: config.model.media_token_id, EOC: eoc})
   return model, params, images, tokens, vocabulary, eoc
@@ -107,7 +107,7 @@ def flamingo_generation(checkpoint: str, prompt: str, image_paths: list[str]):
 
 def gguf_generation(path: str, prompt: str, chat: bool):
   """(DecoderLM, params, None, tokens, vocabulary, EOS) of a prompt for a GGUF LM."""
-  params, config, _ = gguf_lm.import_lm(path)
+  params, config, _ = lm_sources.import_gguf(path)
   reader = gguf.GGUFReader(path)
   tokens = gguf_lm.value(reader, gguf.Keys.Tokenizer.LIST)
   eos = gguf_lm.value(reader, gguf.Keys.Tokenizer.EOS_ID)
@@ -126,11 +126,11 @@ def main(argv):
   if FLAGS.checkpoint:
     setup = flamingo_generation(FLAGS.checkpoint, FLAGS.prompt, FLAGS.images)
   else:
-    setup = gguf_generation(FLAGS.path or str(gguf_lm.smollm2_path()), FLAGS.prompt, FLAGS.chat)
+    setup = gguf_generation(FLAGS.path or str(smollm2_path()), FLAGS.prompt, FLAGS.chat)
   model, params, images, tokens, vocabulary, stop = setup
   new = complete(model, params, images, tokens, FLAGS.max_new_tokens, stop)
-  print(harness.decode_text(new, vocabulary, stop))
+  print(tokenizer.decode_text(new, vocabulary, stop))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main, lambda: console.temporary_log("generate"))

@@ -23,7 +23,7 @@ def grouped_rope_attention():
 
 def test_weights_are_a_softmax_over_the_allowed_keys():
   module, params, args = grouped_rope_attention()
-  (out, _), state = module.apply(params, *args, mutable=["intermediates"])
+  out, state = module.apply(params, *args, mutable=["intermediates"])
   (weights,) = state["intermediates"]["attention_weights"]
   assert weights.shape == (2, 4, 5, 7)  # [B, H, Lq, Lk]
   np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-6)
@@ -31,15 +31,14 @@ def test_weights_are_a_softmax_over_the_allowed_keys():
   allowed_rows = mask.any(axis=-1, keepdims=True)
   assert np.all(np.where(~mask & allowed_rows, weights, 0.0) == 0.0)
   # They are the weights the output was computed with.
-  plain, _ = module.apply(params, *args)
+  plain = module.apply(params, *args)
   np.testing.assert_array_equal(out, plain)
 
 
 def test_nothing_is_kept_unless_the_collection_is_mutable():
   module, params, args = grouped_rope_attention()
   apply = lambda p: module.apply(p, *args)
-  out, cache = apply(params)
-  assert cache is None
+  out = apply(params)
   # The compiled function returns the output alone: the sown weights are dropped at trace time.
   assert [a.shape for a in jax.make_jaxpr(apply)(params).out_avals] == [out.shape]
 

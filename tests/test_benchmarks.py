@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, user_environment
+
+pytestmark = pytest.mark.slow
 
 
 def test_compare_openflamingo_smoke(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import flamingo_jax
+from flamingo_jax.train import contrastive as contrastive_training
 from flamingo_jax.vision import contrastive
 
 from conftest import REPO
@@ -52,7 +53,7 @@ def test_text_embeddings_ignore_padding_and_are_unit_norm(demo_config):
 
 
 def test_pretraining_learns_to_match_synthetic_images_and_captions(demo_config):
-  params, history = contrastive.train(demo_config)
+  params, history = contrastive_training.train(demo_config)
   assert [h["step"] for h in history] == [10, 20, 30, 40]
   # log(32) = 3.47 a term at chance; 40 steps of batch 32 get well below it.
   assert history[0]["loss"] > 6.0 and history[-1]["loss"] < 0.7 * history[0]["loss"]

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from flamingo_jax.config import load_config
+from flamingo_jax.configs import load_config
 from flamingo_jax.data import images, mixtures, preprocess, sources
 
 from test_data_formats import (COLOURS, encoded, image_colours, read, render, write_tar,

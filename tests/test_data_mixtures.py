@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import seqio
 
-from flamingo_jax.config import load_config
+from flamingo_jax.configs import base, load_config
 from flamingo_jax.data import mixtures, preprocess
 from flamingo_jax.train import optimizer, step as step_lib
 
@@ -148,7 +148,7 @@ def test_a_mixture_step_trains_the_model(tiny_model):
                                                   max_images=3),
                        synthetic_pairs=dict(weight=0.2, batch_size=2, max_length=24,
                                             max_images=1))
-  opt_config = optimizer.default_optimizer_config()
+  opt_config = base.optimizer_config()
   opt_config.warmup_steps = 1
   tx = optimizer.make_optimizer(opt_config)
   state, frozen = step_lib.init_train_state(params, tx, config.model.trainable)

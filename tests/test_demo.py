@@ -1,16 +1,20 @@
 """`make demo` end to end on a few steps of each stage: every stage leaves its result in the
 work directory, the results come out as a table, JSON and a plot, and a second run skips what
-is done. (How well the full demo learns is in the README, measured by `make demo`.)"""
+is done. (How well the full demo learns is in docs/demo.md, measured by `make demo`.)"""
 
 import json
 
 from flax import traverse_util
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 import flamingo_jax
 
 from conftest import run_shrunk_demo
+
+pytestmark = pytest.mark.slow
+
 
 def test_demo_stages_results_and_cache(shrunk_demo):
   tmp_path, first = shrunk_demo

@@ -15,10 +15,11 @@ from flax.traverse_util import flatten_dict
 
 import flamingo_jax
 from flamingo_jax.checkpoints import efficientnet as importer
-from flamingo_jax.config import DEFAULT_PREPROCESSING, efficientnet_lite0_vision
+from flamingo_jax.configs.base import (DEFAULT_PREPROCESSING, LITE0, TRAINABLE,
+                                       efficientnet_lite0_vision)
 from flamingo_jax.data.images import normalize, resize_and_crop
 from flamingo_jax.flamingo.trainable import is_trainable
-from flamingo_jax.vision.efficientnet import LITE0, EfficientNetLite
+from flamingo_jax.vision.efficientnet import EfficientNetLite
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 MODEL = EfficientNetLite(**LITE0)
@@ -110,7 +111,8 @@ def test_every_parameter_has_logical_axis_names():
 
 def test_shape_mismatch_names_the_key_and_both_shapes():
   with pytest.raises(ValueError, match=r"'_blocks.15._project_conv.weight' has shape "
-                     r"\(320, 1152, 1, 1\), but the config expects \(64, 1152, 1, 1\)"):
+                     r"\(320, 1152, 1, 1\), but the EfficientNet-Lite config expects "
+                     r"\(64, 1152, 1, 1\)"):
     importer.import_efficientnet_lite(vision=LITE0 | dict(widths=(16, 24, 40, 80, 112, 192, 64)))
 
 
@@ -144,7 +146,7 @@ def test_flamingo_with_the_lite0_tower(tiny_config):
   tower, _ = importer.import_efficientnet_lite(vision=config.model.vision, classifier=False)
   assert jax.tree.structure(tower) == jax.tree.structure(params["vision_encoder"])
   params = dict(params, vision_encoder=tower)
-  assert not any(is_trainable(p) for p in flatten_dict(params, sep="/") if "vision" in p)
+  assert not any(is_trainable(p, TRAINABLE) for p in flatten_dict(params, sep="/") if "vision" in p)
 
   c = config.model
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1, 1, 64, 64, 3)), jnp.float32)

@@ -4,6 +4,7 @@ metrics on the examples they give."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from flamingo_jax.evaluation import benchmarks, datasets
@@ -233,8 +234,18 @@ def test_registry_covers_the_paper_benchmarks():
       "msvdqa", "msrvttqa", "synthetic_caption", "synthetic_vqa", "synthetic_binding"}
   for name, benchmark in benchmarks.BENCHMARKS.items():
     assert benchmark.task in benchmarks.TASKS, name
-    assert (benchmark.classes is not None) == (benchmark.task == "classification"), name
+    classification = benchmark.task == "classification"
+    assert (benchmark.classes is not None) == classification, name
+    assert (benchmark.prediction is not None) == classification, name
   assert benchmarks.BENCHMARKS["hateful_memes"].classes("unused") == ("no", "yes")
+
+
+def test_classification_benchmarks_state_their_prediction():
+  """Class log-likelihoods -> what the metric takes: ImageNet's best class, HatefulMemes' score
+  of "yes" (its log-likelihood minus that of "no", for ROC-AUC)."""
+  scores = np.array([-2.5, -0.5, -1.0])
+  assert benchmarks.BENCHMARKS["imagenet"].prediction(scores) == 1
+  assert benchmarks.BENCHMARKS["hateful_memes"].prediction(scores[:2]) == pytest.approx(2.0)
 
 
 def test_registry_metrics():

@@ -9,7 +9,7 @@ import pytest
 import seqio
 
 from flamingo_jax.data import preprocess, synthetic
-from flamingo_jax.evaluation import harness, prompts
+from flamingo_jax.evaluation import binding, harness, prompts
 from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 from flamingo_jax.evaluation.datasets import Example
@@ -120,9 +120,10 @@ def test_episodic_support_is_each_querys_own_prefix():
   support = lambda n: tuple(Example(f"s{i}", ("x.png",), answers=("w",)) for i in range(n))
   queries = [Example("a", ("a.png",), support=support(4)),
              Example("b", ("b.png",), support=support(3))]
-  np.testing.assert_array_equal(harness.episode_support(queries, 2), [[0, 1], [4, 5]])
+  assert [s.id for s in binding.episode_pool(queries)] == [f"s{i}" for i in (*range(4), *range(3))]
+  np.testing.assert_array_equal(binding.episode_support(queries, 2), [[0, 1], [4, 5]])
   with pytest.raises(ValueError, match="4 shots, but an episode has only 3"):
-    harness.episode_support(queries, 4)
+    binding.episode_support(queries, 4)
   rng = np.random.default_rng(0)
   zero = harness.select_support(harness.Settings(), 0, queries, list(support(7)), None, rng,
                                 episodic=True)

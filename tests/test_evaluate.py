@@ -14,9 +14,10 @@ from PIL import Image
 import pytest
 
 import flamingo_jax
-from flamingo_jax.data.mixtures import make_vocabulary
+from flamingo_jax.data import media
+from flamingo_jax.data.tokenizer import decode_text, make_vocabulary
 from flamingo_jax.decode import candidate_log_likelihoods, generate, right_pad
-from flamingo_jax.evaluation import harness, prompts
+from flamingo_jax.evaluation import harness, prompts, rices
 from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 
@@ -164,17 +165,17 @@ def test_batched_predictions_equal_one_query_at_a_time(data, setup, tiny_config)
   support = benchmark.read(str(data["vqav2"]), benchmark.support_split)
   chosen = harness.select_support(settings, 2, queries, support, None,
                                   np.random.default_rng(settings.seed))
-  load = harness.MediaLoader(tiny_config.model, settings.num_frames)
+  loader = media.MediaLoader(tiny_config.model)
   format_ = prompts.FORMATS["open_flamingo"]["vqa"]
   stop = tiny_config.model.eoc_token_id
   for query, indices in zip(queries, chosen):
     shown = [support[i] for i in indices]
     tokens = prompts.prompt_tokens(format_, [(s.question, s.answers[0]) for s in shown],
                                    query.question, vocabulary)
-    images = np.stack([load(e, False) for e in shown + [query]])[None]
+    images = np.stack([loader.images(e.image_paths) for e in shown + [query]])[None]
     new = generate(model, params, jnp.asarray(images), jnp.asarray(tokens[None]), 4,
                    stop_token=stop)[0]
-    answer = prompts.postprocess(harness.decode_text(np.asarray(new), vocabulary, stop), "vqa")
+    answer = prompts.postprocess(decode_text(np.asarray(new), vocabulary, stop), "vqa")
     assert result["predictions"][query.id] == answer
 
 
@@ -209,23 +210,36 @@ def test_imagenet_predicts_the_class_with_the_highest_likelihood(data, setup, ti
   classes = benchmark.classes(str(data["imagenet"]))
   chosen = harness.select_support(settings, 0, queries, support, None,
                                   np.random.default_rng(settings.seed))
-  load = harness.MediaLoader(tiny_config.model, settings.num_frames)
+  loader = media.MediaLoader(tiny_config.model)
   format_ = prompts.FORMATS["open_flamingo"]["classification"]
   candidates, mask = right_pad([prompts.answer_tokens(format_, c, vocabulary) for c in classes])
   for query, indices in zip(queries, chosen):
     tokens = prompts.prompt_tokens(format_, [(None, classes[support[i].label]) for i in indices],
                                    None, vocabulary, text_only_support=True)
-    scores = candidate_log_likelihoods(model, params, jnp.asarray(load(query, False)[None, None]),
+    images = loader.images(query.image_paths)[None, None]
+    scores = candidate_log_likelihoods(model, params, jnp.asarray(images),
                                        jnp.asarray(tokens[None]), candidates, mask)
     assert result["predictions"][query.id] == int(np.argmax(scores[0]))
+
+
+def test_media_are_the_tower_s_size_and_clips_spread_over_the_video(tmp_path, tiny_config):
+  paths = []
+  for i in range(5):
+    paths.append(str(tmp_path / f"{i}.jpg"))
+    image(pathlib.Path(paths[-1]), i)
+  loader = media.MediaLoader(tiny_config.model)
+  size = tiny_config.model.vision.image_size
+  assert loader.images(paths[:1]).shape == (1, size, size, 3)
+  np.testing.assert_array_equal(loader.clip(paths, 3), loader.images(paths[::2]))
 
 
 def test_rices_puts_the_most_similar_support_image_next_to_the_query():
   query = np.array([[1.0, 0.0]])
   support = np.array([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
-  np.testing.assert_array_equal(harness.rices.rices(query, support, 2), [[2, 1]])
+  np.testing.assert_array_equal(rices.rices(query, support, 2), [[2, 1]])
 
 
+@pytest.mark.slow
 def test_cli_writes_a_table_and_json(tmp_path, data, tiny_config, tiny_model):
   flamingo_jax.save(tmp_path / "ckpt", tiny_model[1], tiny_config)
   output = tmp_path / "okvqa.json"

@@ -77,7 +77,8 @@ def test_media_index_and_mask():
 
 
 def gated_block_outputs(visual, x, tokens):
-  block = GatedCrossAttentionBlock(num_heads=2, head_dim=8)
+  block = GatedCrossAttentionBlock(num_heads=2, head_dim=8, mlp_ratio=4, activation="squared_relu",
+                                   kv_norm=True, norm_eps=1e-5)
   mask = cross_attention_mask(media_index(tokens, 9), visual.shape[1] // 4, 4)
   params = block.init(jax.random.key(0), x, visual, mask)["params"]
   params = dict(params, attention_gate=jnp.array(1.0), ffw_gate=jnp.array(0.0))
@@ -143,12 +144,13 @@ def test_cached_decoding_equals_full_forward(tiny_config, tiny_model):
   full = model.apply({"params": params}, images, tokens)
   variables = {"params": params}
   visual = model.apply(variables, images, method=Flamingo.encode_media)
-  state = FlamingoDecodeState.zeros(tiny_config.model, 2, tokens.shape[1] + 2)
+  media = model.apply(variables, visual, method=Flamingo.media_kv)
+  state = FlamingoDecodeState.start(tiny_config.model, media, tokens.shape[1] + 2)
   pieces = []
   for start, stop in [(0, 4), (4, 5), (5, 11), (11, 12), (12, tokens.shape[1])]:
     positions = jnp.broadcast_to(jnp.arange(start, stop), (2, stop - start))
-    logits, state = model.apply(variables, visual, tokens[:, start:stop], positions, state,
-                                method=Flamingo.decode)
+    logits, state = model.apply(variables, tokens[:, start:stop], positions, state,
+                                method=Flamingo.extend)
     pieces.append(logits)
   # Exact structure, float32 rounding: a one-token chunk takes other CPU kernels (1e-4 seen).
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=5e-4)

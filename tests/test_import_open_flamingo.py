@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 import flamingo_jax
-from flamingo_jax import model_factory
-from flamingo_jax.checkpoints import open_flamingo as importer
+from flamingo_jax.flamingo import factory
+from flamingo_jax.configs import base
+from flamingo_jax.checkpoints import flamingo_sources as importer
+from flamingo_jax.checkpoints.open_flamingo import flamingo_token_ids
 from flamingo_jax.train import partitioning
 from test_import_vision import convert, word_tokenizer
 
@@ -94,10 +96,10 @@ def reference(model, images: np.ndarray) -> np.ndarray:
 
 def ours(config, params, images: np.ndarray) -> np.ndarray:
   """flamingo-jax's logits, its columns in OpenFlamingo's order."""
-  model = model_factory.build_model(config)
+  model = factory.build_model(config)
   logits = jax.jit(model.apply)({"params": params}, jnp.asarray(images[:, :, None]),
-                                jnp.asarray(importer.flamingo_token_ids(TOKENS, VOCAB)))
-  columns = importer.flamingo_token_ids(np.arange(logits.shape[-1]), VOCAB)
+                                jnp.asarray(flamingo_token_ids(TOKENS, VOCAB)))
+  columns = flamingo_token_ids(np.arange(logits.shape[-1]), VOCAB)
   return np.asarray(logits)[..., columns]
 
 
@@ -148,11 +150,10 @@ def test_llama_state_dict_matches_open_flamingo(tiny_config, tmp_path):
   # On the 8-device CPU mesh (fsdp 2 x tensor 4), every parameter, the fresh one too, arrives
   # with its sharding.
   mesh = partitioning.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
-  flat = model_factory.unscanned(config)
-  flamingo = model_factory.build_model(flat)
-  shardings = partitioning.shardings(model_factory.logical_axes(flamingo, flat),
-                                     model_factory.abstract_params(flamingo, flat), mesh,
-                                     partitioning.DEFAULT_RULES)
+  flat = factory.unscanned(config)
+  flamingo = factory.build_model(flat)
+  shapes, axes = factory.abstract_params_and_axes(flamingo, flat)
+  shardings = partitioning.shardings(axes, shapes, mesh, base.PARTITIONING_RULES)
   sharded, _ = importer.import_open_flamingo(tmp_path / "released.pt", config, lm_path,
                                              tmp_path / "clip.pt", shardings)
   jax.tree.map(assert_sharded, sharded, shardings)
@@ -200,6 +201,7 @@ def test_wrong_shape_names_key_and_both_shapes(tiny_config, tmp_path):
     importer.open_flamingo_config(tiny_config, tmp_path / "of.pt", lm_path, vocab_size=102)
 
 
+@pytest.mark.slow
 def test_convert_cli_writes_what_flamingo_loads(tmp_path):
   """`convert --from open_flamingo` on a released-style checkpoint, the LM's directory (with
   its tokenizer) and the CLIP checkpoint: `flamingo_jax.load` gives OpenFlamingo's logits."""

@@ -17,7 +17,8 @@ import tokenizers
 
 import flamingo_jax
 from conftest import REPO, user_environment
-from flamingo_jax.checkpoints import hf_lm, vit as importer
+from flamingo_jax.configs import base
+from flamingo_jax.checkpoints import engine, vit as importer
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
 from flamingo_jax.train import partitioning
 from flamingo_jax.vision import make_vision_encoder
@@ -257,7 +258,7 @@ def test_sharded_placement_on_the_cpu_mesh(tmp_path):
   mesh = partitioning.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
   shardings = partitioning.shardings(nn.get_partition_spec(variables["params"]),
                                      nn.meta.unbox(variables["params"]), mesh,
-                                     partitioning.DEFAULT_RULES)
+                                     base.PARTITIONING_RULES)
   sharded, _ = importer.import_hf_vision(tmp_path, shardings=shardings)
   plain, _ = importer.import_hf_vision(tmp_path)
   flat = flax.traverse_util.flatten_dict(sharded, sep="/")
@@ -269,15 +270,15 @@ def test_sharded_placement_on_the_cpu_mesh(tmp_path):
 
 
 def test_parameters_are_placed_as_they_are_read(tmp_path, monkeypatch):
-  """hf_lm's machinery: each parameter goes to its devices before the next one's tensors are
+  """The engine's: each parameter goes to its devices before the next one's tensors are
   read, so the host holds one parameter at a time."""
   model = hf_model("clip")
   model.save_pretrained(tmp_path)
   events = []
-  read, place = CheckpointTensors.get, hf_lm._place  # pylint: disable=protected-access
+  read, place = CheckpointTensors.get, engine._place  # pylint: disable=protected-access
   monkeypatch.setattr(CheckpointTensors, "get",
                       lambda self, key: events.append("read") or read(self, key))
-  monkeypatch.setattr(hf_lm, "_place", lambda x, sharding: events.append("place") or place(
+  monkeypatch.setattr(engine, "_place", lambda x, sharding: events.append("place") or place(
       x, sharding))
   params, _ = importer.import_hf_vision(tmp_path)
   assert events == ["read", "place"] * len(jax.tree.leaves(params))
@@ -301,6 +302,7 @@ def convert(*flags):
   return run.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["open_clip", "hf"])
 def test_convert_cli_puts_the_tower_where_flamingo_reads_it(source, tmp_path):
   """`convert --from open_clip` (with its open_clip config, and an LM from --lm) or `--from hf`

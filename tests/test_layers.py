@@ -51,8 +51,8 @@ def test_relative_attention_is_translation_invariant():
   mask = (pos[:, None, :, None] >= pos[:, None, None, :])
   params = layer.init(jax.random.key(1), x, x, mask, pos, pos)
   params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
-  out, _ = layer.apply(params, x, x, mask, pos, pos)
-  shifted, _ = layer.apply(params, x, x, mask, pos + 11, pos + 11)
+  out = layer.apply(params, x, x, mask, pos, pos)
+  shifted = layer.apply(params, x, x, mask, pos + 11, pos + 11)
   np.testing.assert_allclose(out, shifted, atol=1e-5)
 
 

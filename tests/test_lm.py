@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flamingo_jax.lm import DecodeState, DecoderLM, LMConfig
+from flamingo_jax.lm.induction import repeated_spans
 
 FAMILIES = {
     "llama_gqa": dict(norm="rms", activation="silu", gated_mlp=True, position="rope",
@@ -42,11 +43,13 @@ def test_cached_decoding_equals_full_recomputation(family):
   full = model.apply({"params": params}, tokens)
   assert full.shape == (2, 9, 63) and full.dtype == jnp.float32
   state = DecodeState.zeros(model.config, batch=2, length=12)
-  logits, state = model.apply({"params": params}, tokens[:, :5], state=state)
+  logits, state = model.apply({"params": params}, tokens[:, :5],
+                              jnp.broadcast_to(jnp.arange(5), (2, 5)), state,
+                              method=DecoderLM.extend)
   pieces = [logits]
   for t in range(5, 9):
-    logits, state = model.apply({"params": params}, tokens[:, t:t + 1],
-                                positions=jnp.full((2, 1), t), state=state)
+    logits, state = model.apply({"params": params}, tokens[:, t:t + 1], jnp.full((2, 1), t),
+                                state, method=DecoderLM.extend)
     pieces.append(logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-5)
   assert int(state.index) == 9
@@ -99,7 +102,6 @@ def test_unknown_config_field_is_named():
 
 
 def test_repeated_spans_weigh_only_what_copying_predicts():
-  from flamingo_jax.lm.pretrain import repeated_spans  # pylint: disable=g-import-not-at-top
   batch = repeated_spans(jax.random.key(0), batch_size=3, span=5, vocab_size=7, weight=0.5)
   tokens, targets, weights = (np.asarray(batch[k]) for k in ("tokens", "targets", "weights"))
   assert tokens.shape == targets.shape == weights.shape == (3, 9)

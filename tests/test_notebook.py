@@ -5,8 +5,11 @@ import sys
 
 import nbclient
 import nbformat
+import pytest
 
 from conftest import REPO, user_environment
+
+pytestmark = pytest.mark.slow
 
 NOTEBOOK = REPO / "colabs" / "few_shot_demo.ipynb"
 

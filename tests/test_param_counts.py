@@ -10,7 +10,7 @@ import flamingo_jax
 from flamingo_jax.flamingo import trainable
 from flamingo_jax.flamingo.model import xattn_layer_indices
 from flamingo_jax.flamingo.scan import unstack_layers
-from flamingo_jax.model_factory import abstract_params, build_model, logical_axes
+from flamingo_jax.flamingo.factory import abstract_params_and_axes, build_model
 
 from conftest import REPO
 
@@ -27,7 +27,7 @@ def count(tree):
 @pytest.fixture(scope="module", params=sorted(PAPER_TOTALS))
 def shapes(request):
   config = flamingo_jax.load_config(str(REPO / "configs" / f"{request.param}.py"))
-  return request.param, config, abstract_params(build_model(config), config)
+  return request.param, config, abstract_params_and_axes(build_model(config), config)[0]
 
 
 def test_total_within_five_percent_of_the_paper(shapes):
@@ -64,9 +64,7 @@ LOGICAL_AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "late
 def test_every_parameter_has_logical_axis_names(tiny_config):
   """The sharding rules can place every parameter: each dimension has a logical name (or None
   for dimensions that are never sharded, like conv kernels' spatial dims)."""
-  model = build_model(tiny_config)
-  specs = logical_axes(model, tiny_config)
-  shapes = abstract_params(model, tiny_config)
+  shapes, specs = abstract_params_and_axes(build_model(tiny_config), tiny_config)
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   shape_leaves = jax.tree.leaves(shapes)
   assert len(spec_leaves) == len(shape_leaves) > 0

@@ -11,7 +11,8 @@ from flamingo_jax.flamingo.resampler import PerceiverResampler, interpolate_time
 @pytest.mark.parametrize("frames,patches", [(1, 5), (1, 49), (3, 16), (8, 4), (12, 9)])
 def test_resampler_returns_64_tokens_per_medium(frames, patches):
   resampler = PerceiverResampler(dim=32, depth=2, num_latents=64, num_heads=2, head_dim=8,
-                                 max_frames=8)
+                                 mlp_ratio=4, activation="squared_relu", max_frames=8,
+                                 norm_eps=1e-5)
   features = jax.random.normal(jax.random.key(0), (2, 3, frames, patches, 24))
   params = resampler.init(jax.random.key(1), features)
   out = resampler.apply(params, features)
@@ -31,7 +32,9 @@ def test_temporal_embeddings_interpolate_beyond_the_trained_frames():
 
 
 def test_media_are_resampled_independently():
-  resampler = PerceiverResampler(dim=16, depth=1, num_latents=4, num_heads=2, head_dim=8)
+  resampler = PerceiverResampler(dim=16, depth=1, num_latents=4, num_heads=2, head_dim=8,
+                                 mlp_ratio=4, activation="squared_relu", max_frames=8,
+                                 norm_eps=1e-5)
   features = jax.random.normal(jax.random.key(0), (1, 2, 1, 6, 16))
   params = resampler.init(jax.random.key(1), features)
   out = resampler.apply(params, features)

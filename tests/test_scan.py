@@ -13,7 +13,7 @@ from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.decode import generate
 from flamingo_jax.flamingo import Flamingo, FlamingoDecodeState, trainable
 from flamingo_jax.flamingo.scan import Layout, stack_layers, unstack_layers
-from flamingo_jax.model_factory import abstract_params, build_model, logical_axes
+from flamingo_jax.flamingo.factory import abstract_params_and_axes, build_model
 from flamingo_jax.train import trainer as trainer_lib
 
 from test_flamingo import interleaved_batch, open_gates
@@ -61,7 +61,8 @@ def test_scanned_logits_equal_unscanned(layouts):
   stacked = stack_layers(params, scanned_config.model)
   # The converted parameters have exactly the tree the scanned model initialises.
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  assert shapes(stacked) == shapes(abstract_params(build_model(scanned_config), scanned_config))
+  expected, _ = abstract_params_and_axes(build_model(scanned_config), scanned_config)
+  assert shapes(stacked) == shapes(expected)
   images, tokens = interleaved_batch(config)
   np.testing.assert_allclose(forward(build_model(scanned_config), stacked, images, tokens),
                              forward(build_model(config), params, images, tokens), atol=1e-5)
@@ -83,12 +84,11 @@ def test_scanned_layout_and_logical_axes(tiny_config):
   layout = Layout.of(config.model)
   assert (list(layout.prefix), layout.num_scanned, list(layout.unit(2))) == ([0], 2, [7])
   assert layout.unscanned == [0, 7]
-  params = abstract_params(build_model(config), config)
+  params, specs = abstract_params_and_axes(build_model(config), config)
   assert set(params) == {"vision_encoder", "resampler", "lm", "scanned", "gated_xattn_2"}
   assert {k for k in params["lm"] if k.startswith("layers_")} == {"layers_0", "layers_7"}
   assert set(params["scanned"]) == {"gated_xattn", "layers_0", "layers_1", "layers_2"}
   assert params["scanned"]["gated_xattn"]["attention_gate"].shape == (2,)
-  specs = logical_axes(build_model(config), config)
   is_spec = lambda x: isinstance(x, PartitionSpec)
   for path, spec in jax.tree_util.tree_leaves_with_path(specs, is_leaf=is_spec):
     scanned = jax.tree_util.keystr(path).startswith("['scanned']")
@@ -99,14 +99,14 @@ def test_trainable_rule_selects_the_scanned_gated_blocks(tiny_config):
   config = offset_config(tiny_config)
   scanned_config = variant(config, scan_layers=True)
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
-  train, frozen = trainable.split(abstract_params(build_model(scanned_config), scanned_config),
-                                  scanned_config.model.trainable)
+  params, _ = abstract_params_and_axes(build_model(scanned_config), scanned_config)
+  train, frozen = trainable.split(params, scanned_config.model.trainable)
   assert set(train) == {"resampler", "lm", "scanned", "gated_xattn_2"}
   assert set(train["scanned"]) == {"gated_xattn"}
   assert set(train["lm"]) == {"extra_embedding", "extra_unembedding"}
   assert set(frozen["scanned"]) == {"layers_0", "layers_1", "layers_2"}
-  unscanned_train, unscanned_frozen = trainable.split(abstract_params(build_model(config), config),
-                                                      config.model.trainable)
+  params, _ = abstract_params_and_axes(build_model(config), config)
+  unscanned_train, unscanned_frozen = trainable.split(params, config.model.trainable)
   assert (count(train), count(frozen)) == (count(unscanned_train), count(unscanned_frozen))
 
 
@@ -143,13 +143,14 @@ def decode_in_two_chunks(model, params, images, tokens, split):
   """Logits [B, L, V] of a prefill of tokens[:, :split], then the rest, through the KV caches."""
   variables = {"params": params}
   visual = model.apply(variables, images, method=Flamingo.encode_media)
-  batch, length = tokens.shape
-  state = FlamingoDecodeState.zeros(model.config, batch, length)
+  media = model.apply(variables, visual, method=Flamingo.media_kv)
+  length = tokens.shape[1]
+  state = FlamingoDecodeState.start(model.config, media, length)
   positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
   pieces = []
   for chunk in (slice(0, split), slice(split, length)):
-    logits, state = model.apply(variables, visual, tokens[:, chunk], positions[:, chunk], state,
-                                method=Flamingo.decode)
+    logits, state = model.apply(variables, tokens[:, chunk], positions[:, chunk], state,
+                                method=Flamingo.extend)
     pieces.append(logits)
   return jnp.concatenate(pieces, axis=1)
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tokenizers
 
 from flamingo_jax.checkpoints import gguf_lm
-from flamingo_jax.data import mixtures
+from flamingo_jax.configs.base import smollm2_path
 from flamingo_jax.data import preprocess
 from flamingo_jax.data import synthetic
 from flamingo_jax.data import tokenizer as tokenizer_lib
@@ -45,13 +45,13 @@ def test_every_word_is_one_token_and_ids_are_seqio_s(demo_vocabulary):
 
 @pytest.fixture(scope="module")
 def smollm2_vocabulary():
-  return gguf_lm.load_vocabulary(gguf.GGUFReader(gguf_lm.smollm2_path()))
+  return gguf_lm.load_vocabulary(gguf.GGUFReader(smollm2_path()))
 
 
 def test_a_pretrained_lm_s_tokenizer_is_a_seqio_vocabulary(smollm2_vocabulary, tmp_path):
   """SmolLM2's tokenizer, saved as convert writes it and read back as `data.vocabulary`."""
   smollm2_vocabulary.save(tmp_path / "tokenizer.json")
-  vocabulary = mixtures.make_vocabulary(str(tmp_path / "tokenizer.json"))
+  vocabulary = tokenizer_lib.make_vocabulary(str(tmp_path / "tokenizer.json"))
   assert vocabulary == smollm2_vocabulary
   assert vocabulary.vocab_size == 49152  # The LM's embedding rows: <image> is id 49152.
   assert (vocabulary.eos_id, vocabulary.bos_id) == (2, None)  # <|im_end|>; no BOS.
@@ -80,3 +80,16 @@ def test_bos_is_what_the_tokenizer_opens_a_sequence_with(tmp_path):
   tokenizer.save(str(tmp_path / "tokenizer.json"))
   with pytest.raises(ValueError, match="'</t>' is not in"):
     tokenizer_lib.TokenizersVocabulary.from_file(tmp_path / "tokenizer.json")
+
+
+def test_generated_ids_decode_up_to_the_stop_token():
+  vocabulary = seqio.ByteVocabulary()  # Bytes at their value + 3; 259 ids.
+  ids = [ord("h") + 3, 259, ord("i") + 3, 260, ord("x") + 3]  # 259: <image>, 260: <EOC>.
+  assert tokenizer_lib.decode_text(ids, vocabulary, stop=260) == "hi"
+  assert tokenizer_lib.decode_text(ids[:3], vocabulary, stop=260) == "hi"
+
+
+def test_a_checkpoint_s_tokenizer_comes_before_its_config_s(smollm2_vocabulary, tmp_path):
+  assert isinstance(tokenizer_lib.checkpoint_vocabulary(tmp_path, "byte"), seqio.ByteVocabulary)
+  smollm2_vocabulary.save(tmp_path / tokenizer_lib.TOKENIZER_FILE)
+  assert tokenizer_lib.checkpoint_vocabulary(tmp_path, "byte") == smollm2_vocabulary

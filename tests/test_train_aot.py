@@ -1,6 +1,6 @@
 """The ahead-of-time check compiles the real train step for a TPU topology on this CPU machine."""
 
-from flamingo_jax.config import load_config
+from flamingo_jax.configs import load_config
 from flamingo_jax.train import aot
 
 

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from flamingo_jax.config import load_config
+from flamingo_jax.configs import load_config
 from flamingo_jax.train import trainer
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flamingo_jax.configs import base
 from flamingo_jax.flamingo import trainable
 from flamingo_jax.train import optimizer, step as step_lib
 
@@ -24,7 +25,7 @@ def one_dataset_step(batch):
 
 def short_warmup_state(config, params, learning_rate):
   """The paper's optimiser with a 1-step warm-up: (tx, train state, frozen params)."""
-  opt_config = optimizer.default_optimizer_config()
+  opt_config = base.optimizer_config()
   opt_config.warmup_steps = 1
   opt_config.learning_rate = learning_rate
   tx = optimizer.make_optimizer(opt_config)
@@ -119,11 +120,11 @@ def test_weight_decay_skips_norms_gates_biases_and_the_resampler():
   assert mask == {"resampler": {"latents": False},
                   "gated_xattn_0": {"attention_gate": False, "norm": {"scale": False},
                                     "attention": {"query": {"kernel": True}}}}
-  schedule = optimizer.learning_rate_schedule(optimizer.default_optimizer_config())
+  schedule = optimizer.learning_rate_schedule(base.optimizer_config())
   assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(float(schedule(2500)), 5e-5, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(400_000)), 1e-4, rtol=1e-6)
-  cosine = optimizer.default_optimizer_config()
+  cosine = base.optimizer_config()
   cosine.update(dict(decay="cosine", decay_steps=10_000, final_fraction=0.1))
   schedule = optimizer.learning_rate_schedule(cosine)
   np.testing.assert_allclose(float(schedule(5000)), 1e-4, rtol=1e-6)  # Peak after warm-up,

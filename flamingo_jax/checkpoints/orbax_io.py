@@ -1,5 +1,5 @@
 """A Flamingo checkpoint directory: `params/` (orbax) and `config.json` (the resolved config);
-one converted from an LM checkpoint also holds that LM's tokenizer, `tokenizer.json`.
+one converted from an LM checkpoint also holds that LM's tokenizer (data.tokenizer.TOKENIZER_FILE).
 
 Every directory this library writes, by training or by conversion, has this layout, so
 `flamingo_jax.load` reads any of them. The parameters are stored unscanned (one subtree per
@@ -15,11 +15,10 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from flamingo_jax.flamingo.scan import stack_layers, unstack_layers
-from flamingo_jax.model_factory import abstract_params, build_model, unscanned
+from flamingo_jax.flamingo.factory import abstract_params_and_axes, build_model, unscanned
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
-TOKENIZER_FILE = "tokenizer.json"  # Hugging Face tokenizers' format (hf_lm.load_tokenizer).
 
 
 def save(directory, params, config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -56,7 +55,7 @@ def load(directory, config: ml_collections.ConfigDict | None = None):
   # On this host's first device: the checkpoint's own shardings name the devices it was
   # written from, which another machine (or device count) does not have.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          abstract_params(build_model(flat), flat))
-  params = restore_unscanned(directory, abstract)
+  shapes, _ = abstract_params_and_axes(build_model(flat), flat)
+  params = restore_unscanned(directory, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes))
   return build_model(config), stack_layers(params, config.model), config

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from flamingo_jax.checkpoints import lm_sources, vit
-from flamingo_jax.config import CLIP_PREPROCESSING, SIGLIP_PREPROCESSING
+from flamingo_jax.configs.base import CLIP_PREPROCESSING, SIGLIP_PREPROCESSING
 from flamingo_jax.flamingo.model import lm_config
 
 
@@ -80,8 +80,8 @@ def convert_vision(source: str, path, config: ml_collections.ConfigDict, out, *,
       model_config.vision, param_dtype=dtype(model_config), rng=rng)}
   vocabulary = None
   if lm_path is not None:
-    lm_fields, vocabulary, import_lm = lm_sources.hf_source(lm_path)
-    config = lm_sources.with_lm(config, lm_fields)
-    importers["lm"] = lambda model_config, rng: import_lm(
+    lm = lm_sources.hf_source(lm_path)
+    config, vocabulary = lm_sources.with_lm(config, lm.fields), lm.vocabulary
+    importers["lm"] = lambda model_config, rng: lm.import_lm(
         lm_config(model_config), param_dtype=dtype(model_config), rng=rng)
   return lm_sources.write(config, out, importers, vocabulary)

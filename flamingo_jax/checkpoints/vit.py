@@ -20,7 +20,7 @@ resampler takes: OpenCLIP's `ln_post` on every token (the features OpenFlamingo 
 `post_layernorm` (its last_hidden_state), and CLIP's `post_layernorm`, which transformers applies
 to the pooled class token only; `final_norm=False` gives transformers' CLIP last_hidden_state
 instead. Pooling heads and projections (SigLIP's `head`, OpenCLIP's `proj`) are ignored.
-Tensors are read one parameter at a time and placed with their shardings (hf_lm.import_tensors).
+Tensors are read one parameter at a time and placed with their shardings (engine.py).
 """
 
 import functools
@@ -29,15 +29,14 @@ import math
 import pathlib
 import re
 
-import flax.linen as nn
-import flax.traverse_util
 import jax.numpy as jnp
 import ml_collections
 
-from flamingo_jax.checkpoints import hf_lm
-from flamingo_jax.checkpoints.hf_layouts import (Source, fused_part, heads_bias, heads_kernel,
-                                                 layer_norm, linear, out_kernel, same)
+from flamingo_jax.checkpoints import engine
+from flamingo_jax.checkpoints.engine import Source, same
 from flamingo_jax.checkpoints.tensors import CheckpointTensors, TensorView, open_file
+from flamingo_jax.checkpoints.torch_layouts import (ACTIVATIONS, conv, fused_part, heads_bias,
+                                                    heads_kernel, layer_norm, linear, out_kernel)
 from flamingo_jax.vision import make_vision_encoder
 
 # model_type -> family; whole models keep the tower's config under "vision_config".
@@ -88,15 +87,15 @@ def vision_config_from_hf(config_json: dict) -> dict:
   family = HF_MODEL_TYPES[model_type]
   hf = HF_DEFAULTS[family] | (config_json.get("vision_config") or {}
                               if model_type == family else config_json)
-  if hf["hidden_act"] not in hf_lm.ACTIVATIONS:
+  if hf["hidden_act"] not in ACTIVATIONS:
     raise ValueError(f"Unsupported hidden_act {hf['hidden_act']!r}; supported: "
-                     f"{sorted(hf_lm.ACTIVATIONS)}.")
+                     f"{sorted(ACTIVATIONS)}.")
   clip = family == "clip"  # CLIP: a class token and a LayerNorm before the blocks; SigLIP not.
   return dict(kind="vit", image_size=_square(hf["image_size"], "image_size"),
               patch_size=_square(hf["patch_size"], "patch_size"), width=hf["hidden_size"],
               depth=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
               mlp_dim=hf["intermediate_size"], class_token=clip, pre_norm=clip,
-              final_norm=True, activation=hf_lm.ACTIVATIONS[hf["hidden_act"]],
+              final_norm=True, activation=ACTIVATIONS[hf["hidden_act"]],
               norm_eps=float(hf["layer_norm_eps"]), patch_bias=not clip)
 
 
@@ -136,11 +135,6 @@ def vision_config_from_open_clip(tensors, model_cfg: dict | None = None,
       norm_eps=float((cfg.get("norm_kwargs") or {}).get("eps", 1e-5)), patch_bias=False)
 
 
-def _conv_kernel(w):
-  """torch Conv2d weight [D, 3, p, p] -> flax Conv kernel [p, p, 3, D]."""
-  return w.transpose(2, 3, 1, 0)
-
-
 def _out_proj(target: str, key: str, d: int, heads: int) -> dict[str, Source]:
   return {f"{target}/kernel": Source((f"{key}.weight",), ((d, d),), functools.partial(
               out_kernel, heads=heads, dh=d // heads, conv1d=False)),
@@ -175,9 +169,7 @@ def _layout(vision, prefix: str, names: dict, attention) -> dict[str, Source]:
   or OPEN_CLIP_NAMES) under `prefix`; `attention` gives its blocks' attention Sources."""
   v, n = vision, {k: prefix + name for k, name in names.items()}
   d, p, mlp = v["width"], v["patch_size"], v["mlp_dim"]
-  out = {"patch_embed/kernel": Source((f"{n['patch']}.weight",), ((d, 3, p, p),), _conv_kernel)}
-  if v["patch_bias"]:
-    out["patch_embed/bias"] = same(f"{n['patch']}.bias", (d,))
+  out = conv("patch_embed", n["patch"], d, 3, p, bias=v["patch_bias"])
   if v["class_token"]:
     out["cls_token"] = same(n["cls"], (d,))
   out["pos_embed"] = same(n["pos"], ((v["image_size"] // p) ** 2 + v["class_token"], d))
@@ -208,15 +200,11 @@ def open_clip_layout(vision, prefix: str = "visual.") -> dict[str, Source]:
 def import_tower(tensors, sources, vision, name: str, shardings=None, *,
                  param_dtype=jnp.float32, strict: bool = True, rng=None,
                  ignore=lambda key: False):
-  """(params of the tower `vision` describes, ImportReport): hf_lm.import_tensors on it."""
+  """(params of the tower `vision` describes, ImportReport): engine.import_params on it."""
   vision = ml_collections.ConfigDict(dict(vision))
-  model = make_vision_encoder(vision, param_dtype=param_dtype)
-
-  def init(rng):
-    images = jnp.zeros((1, vision.image_size, vision.image_size, 3))
-    return flax.traverse_util.flatten_dict(nn.meta.unbox(model.init(rng, images)["params"]),
-                                           sep="/")
-  return hf_lm.import_tensors(tensors, sources, init, name, "vision", shardings, strict=strict,
+  init = engine.module_init(make_vision_encoder(vision, param_dtype=param_dtype),
+                            jnp.zeros((1, vision.image_size, vision.image_size, 3)))
+  return engine.import_params(tensors, sources, init, name, "vision", shardings, strict=strict,
                               rng=rng, ignore=ignore)
 
 
@@ -226,7 +214,7 @@ def import_hf_vision(path, vision=None, shardings=None, *, param_dtype=jnp.float
   (config.json and safetensors or PyTorch weights, sharded or not).
 
   vision: the tower's `vision` section, default `vision_config_from_hf` of the config.json.
-  shardings, strict, rng: as in hf_lm.import_lm. A tensor whose shape does not fit the config
+  shardings, strict, rng: as in engine.import_params. A tensor whose shape does not fit the config
   raises a ValueError naming it and both shapes.
   """
   path = pathlib.Path(path)
@@ -276,6 +264,13 @@ def open_clip_prefix(names) -> str:
                    "'...class_embedding' beside it (a ResNet or timm tower is not supported).")
 
 
+def open_clip_unused(prefix: str):
+  """key -> whether the OpenCLIP tower under `prefix` has no use for the tensor: its projection
+  to the joint embedding, and the pooled output's LayerNorm where the tokens have none
+  (final_ln_after_pool)."""
+  return lambda key: key == prefix + "proj" or key.startswith(prefix + "ln_post.")
+
+
 def import_open_clip(path, vision=None, shardings=None, *, model_cfg: dict | None = None,
                      param_dtype=jnp.float32, strict: bool = True, rng=None):
   """(ViT params, ImportReport) from an OpenCLIP checkpoint (module docstring).
@@ -290,9 +285,7 @@ def import_open_clip(path, vision=None, shardings=None, *, model_cfg: dict | Non
   if vision is None:
     vision = vision_config_from_open_clip(tensors, model_cfg or dir_cfg, prefix)
   sources = open_clip_layout(vision, prefix)
-  # The text tower, the logit scale, the tower's projection to the joint embedding, and the
-  # pooled output's LayerNorm where the tokens have none (final_ln_after_pool).
-  ignore = lambda k: (not k.startswith(prefix) or k == prefix + "proj"
-                      or k.startswith(prefix + "ln_post."))
+  # The text tower and the logit scale; what the tower has and does not use.
+  ignore = lambda k: not k.startswith(prefix) or open_clip_unused(prefix)(k)
   return import_tower(tensors, sources, vision, str(path), shardings, param_dtype=param_dtype,
                       strict=strict, rng=rng, ignore=ignore)

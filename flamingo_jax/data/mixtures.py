@@ -1,9 +1,9 @@
 """Training batches from a mixture of Tasks with the paper's per-dataset loss weights lambda_m.
 
 `config.data` (see configs/tiny.py):
-  vocabulary: "byte" (seqio.ByteVocabulary), the path of a SentencePiece model, or that of a
-    pretrained LM's Hugging Face `tokenizer.json` (`tokenizer.TokenizersVocabulary`); its size
-    must be the LM's, so that `<image>` and `<EOC>` get the ids the model gives them.
+  vocabulary: a `tokenizer.make_vocabulary` spec ("byte", the path of a SentencePiece model, or
+    that of a pretrained LM's Hugging Face `tokenizer.json`); its size must be the LM's, so that
+    `<image>` and `<EOC>` get the ids the model gives them.
   strategy: how the weights act, below.
   seed, split, task_modules (modules imported first: they register tasks),
   synthetic: None, or {seed, split_sizes, ways, shots}: registers the offline synthetic tasks
@@ -45,14 +45,6 @@ from flamingo_jax.data import tasks as tasks_lib
 from flamingo_jax.data import tokenizer
 
 STRATEGIES = ("accumulate", "round_robin", "sample")
-
-
-def make_vocabulary(spec: str) -> seqio.Vocabulary:
-  if spec == "byte":
-    return seqio.ByteVocabulary()
-  if spec.endswith(".json"):
-    return tokenizer.TokenizersVocabulary.from_file(spec)
-  return seqio.SentencePieceVocabulary(spec)
 
 
 def task_seed(seed: int, name: str) -> int:
@@ -118,7 +110,7 @@ def register_tasks(config: ml_collections.ConfigDict) -> seqio.Vocabulary:
   data, model = config.data, config.model
   for module in data.get("task_modules", ()):
     importlib.import_module(module)
-  vocabulary = make_vocabulary(data.vocabulary)
+  vocabulary = tokenizer.make_vocabulary(data.vocabulary)
   if vocabulary.vocab_size != model.lm.vocab_size:
     raise ValueError(f"vocabulary {data.vocabulary!r} has {vocabulary.vocab_size} ids but the LM "
                      f"has {model.lm.vocab_size}: <image> and <EOC> would get the wrong ids")

@@ -276,7 +276,7 @@ def binding_example(seed: int, split: str, index: int, image_size: int = 32, way
   is "red dax": the query's colour is seen in its image, its word bound in the supports. In the
   pure form (Frozen's) only images tell the kinds apart, so the frozen LM must compare two
   things the bridge writes, which the demo's miniature LM is not brought to in minutes (see
-  the README); with the colour named, the supports' side is text, and copying the word that
+  docs/demo.md); with the colour named, the supports' side is text, and copying the word that
   followed the query's colour is induction.
 
   Returns {"images": uint8 [K + 1, H, W, 3], "texts": [K + 1] str, "answer": str,

@@ -1,4 +1,7 @@
-"""Vocabularies beyond seqio's own, for `mixtures.make_vocabulary`:
+"""Vocabularies by spec (`make_vocabulary`), and generated ids back to text (`decode_text`).
+
+A spec is "byte" (seqio.ByteVocabulary), the path of a SentencePiece model, or that of a
+`tokenizer.json`. Beyond seqio's own vocabularies:
 
 - a SentencePiece model trained here on a text corpus (the demo's word-level vocabulary):
 
@@ -22,8 +25,33 @@ import sentencepiece as spm
 import tensorflow as tf
 import tokenizers
 
-# Beside a tokenizer.json, Hugging Face's settings of it: what its EOS token is.
+# Hugging Face's tokenizer file, and beside it its settings: what its EOS token is.
+TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+def make_vocabulary(spec: str) -> seqio.Vocabulary:
+  """The vocabulary a spec names: "byte", a `tokenizer.json` path or a SentencePiece model's."""
+  if spec == "byte":
+    return seqio.ByteVocabulary()
+  if spec.endswith(".json"):
+    return TokenizersVocabulary.from_file(spec)
+  return seqio.SentencePieceVocabulary(spec)
+
+
+def checkpoint_vocabulary(directory, spec: str) -> seqio.Vocabulary:
+  """A checkpoint's vocabulary: the `tokenizer.json` in its directory (checkpoints.convert writes
+  an imported LM's there), else the one `spec` names (its config's `data.vocabulary`)."""
+  saved = pathlib.Path(directory) / TOKENIZER_FILE
+  return make_vocabulary(str(saved) if saved.exists() else spec)
+
+
+def decode_text(tokens: np.ndarray, vocabulary: seqio.Vocabulary, stop: int) -> str:
+  """Generated ids [n] -> text, up to the stop token; ids past the vocabulary (`<image>`,
+  `<EOC>`) are dropped."""
+  ids = [int(t) for t in tokens]
+  ids = ids[:ids.index(stop)] if stop in ids else ids
+  return vocabulary.decode([t for t in ids if t < vocabulary.vocab_size])
 
 
 def train_sentencepiece(sentences: Iterable[str], vocab_size: int, path) -> str:

@@ -49,8 +49,9 @@ def prefill(model: Flamingo | DecoderLM, params, images, tokens, positions, room
     state = DecodeState.zeros(model.config, tokens.shape[0], length + room, model.dtype)
   else:
     visual = model.apply(variables, images, method=Flamingo.encode_media)
-    state = model.apply(variables, visual, length + room, jnp.dtype(model.config.dtype),
-                        method=Flamingo.start_decoding)
+    media = model.apply(variables, visual, method=Flamingo.media_kv)
+    state = FlamingoDecodeState.start(model.config, media, length + room,
+                                      jnp.dtype(model.config.dtype))
   logits, state = extend(model, params, tokens, positions, state, last_only=True)
   return logits[:, -1], state, jnp.max(positions, axis=1) + 1
 
@@ -58,11 +59,8 @@ def prefill(model: Flamingo | DecoderLM, params, images, tokens, positions, room
 def extend(model: Flamingo | DecoderLM, params, tokens, positions,
            state: FlamingoDecodeState | DecodeState, last_only: bool = False):
   """Appends tokens [B, L] at positions [B, L] to the cache: (logits [B, L, V] (L = 1 when
-  `last_only`), new state)."""
-  if isinstance(model, DecoderLM):
-    return model.apply({"params": params}, tokens, positions, state, last_only)
-  return model.apply({"params": params}, None, tokens, positions, state, last_only,
-                     method=Flamingo.decode)
+  `last_only`), new state). Both models' `extend` take the same arguments."""
+  return model.apply({"params": params}, tokens, positions, state, last_only, method="extend")
 
 
 def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):

@@ -13,6 +13,8 @@ log-likelihood minus that of "no").
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from flamingo_jax.evaluation import datasets, metrics
 from flamingo_jax.evaluation.datasets import Example
 
@@ -71,19 +73,32 @@ def score_roc_auc(predictions: Predictions, examples: Sequence[Example]) -> dict
                                      [e.label for e in examples])}
 
 
+def best_class(scores: np.ndarray) -> int:
+  """Class log-likelihoods [C] -> the index of the most likely class (scored by top-1)."""
+  return int(np.argmax(scores))
+
+
+def yes_minus_no(scores: np.ndarray) -> float:
+  """Log-likelihoods [2] of ("no", "yes") -> the score of "yes", monotone in its probability
+  (scored by ROC-AUC)."""
+  return float(scores[1] - scores[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
   """read: (data_dir, split) -> [Example]. task: one of TASKS. metric: ({id: prediction},
   examples) -> {name: value}. support_split / eval_split: where few-shot examples come from
   and what is scored (the labelled split nearest to the paper's); an episodic benchmark has no
-  support split, each query brings its own (`Example.support`). classes: data_dir -> the
-  class names by label, for classification (the candidates to rank)."""
+  support split, each query brings its own (`Example.support`). For classification, classes:
+  data_dir -> the class names by label (the candidates to rank), and prediction: a query's
+  class log-likelihoods [C] -> what its metric takes."""
   read: Callable[[str, str], list[Example]]
   task: str
   metric: Callable[[Predictions, Sequence[Example]], dict[str, float]]
   support_split: str | None
   eval_split: str
   classes: Callable[[str], tuple[str, ...]] | None = None
+  prediction: Callable[[np.ndarray], Any] | None = None
 
 
 def _imagenet_class_names(data_dir: str) -> tuple[str, ...]:
@@ -101,9 +116,10 @@ BENCHMARKS = {
     "vizwiz": Benchmark(datasets.read_vizwiz, "vqa", score_vqa, "train", "val"),
     "hateful_memes": Benchmark(datasets.read_hateful_memes, "classification", score_roc_auc,
                                "train", "test_seen",
-                               classes=lambda _: datasets.HATEFUL_MEMES_CLASSES),
+                               classes=lambda _: datasets.HATEFUL_MEMES_CLASSES,
+                               prediction=yes_minus_no),
     "imagenet": Benchmark(datasets.read_imagenet, "classification", score_top1, "train", "val",
-                          classes=_imagenet_class_names),
+                          classes=_imagenet_class_names, prediction=best_class),
     "msvdqa": Benchmark(datasets.read_msvdqa, "video_vqa", score_exact_match, "train",
                         "test"),
     "msrvttqa": Benchmark(datasets.read_msrvttqa, "video_vqa", score_exact_match, "train",

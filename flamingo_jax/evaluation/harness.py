@@ -1,35 +1,34 @@
 """Few-shot evaluation of a Flamingo model on one benchmark (flamingo_jax.evaluation.benchmarks).
 
-For every query of the evaluation split: pick N support examples from the support split
-(random, or RICES), build the prompt (flamingo_jax.evaluation.prompts), then
-- captioning and VQA: beam search until `<EOC>` (OpenFlamingo's settings by default: 3 beams,
-  20 new tokens for captions, 5 for answers), the text post-processed into the answer;
-- classification: the log-likelihood of every class name (close-ended scoring); ImageNet
-  predicts the best class, HatefulMemes scores "yes" against "no".
-Zero shots is the paper's zero-shot mode: two text-only support examples. An episodic
-benchmark (novel-word binding) prompts each query with its own first N support examples.
+The harness orchestrates: for every query of the evaluation split it picks N support examples
+from the support split (random, or RICES; an episodic benchmark's queries bring their own:
+binding.py), builds the prompt (prompts.py), batches prompts and media, hands each batch to the
+evaluator of the benchmark's kind, and scores the predictions with the benchmark's metric.
+- captioning, VQA, video QA, binding: generation.py, beam search until `<EOC>` (OpenFlamingo's
+  settings by default: 3 beams, 20 new tokens for captions, 5 for answers);
+- classification: scoring.py, the log-likelihood of every class name, made a prediction as the
+  benchmark says (`Benchmark.prediction`).
+Zero shots is the paper's zero-shot mode: two text-only support examples.
 """
 
 import collections
 import dataclasses
 import functools
+from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import seqio
 
-from flamingo_jax.data import images as images_lib
-from flamingo_jax.decode import beam_search, candidate_log_likelihoods, left_pad, right_pad
-from flamingo_jax.evaluation import prompts, rices
-from flamingo_jax.evaluation.benchmarks import BENCHMARKS
+from flamingo_jax.data import media as media_lib
+from flamingo_jax.decode import left_pad
+from flamingo_jax.evaluation import binding, generation, prompts, rices, scoring
+from flamingo_jax.evaluation.benchmarks import BENCHMARKS, Benchmark
 from flamingo_jax.evaluation.datasets import Example
 
-# OpenFlamingo's generation lengths.
-MAX_NEW_TOKENS = {"caption": 20, "vqa": 5, "video_vqa": 5, "binding": 5}
-# Benchmark images are scored as they are: none of the web-scrape filters of training applies.
-BENCHMARK_IMAGES = images_lib.ImageFilter(min_side=1, max_aspect=float("inf"))
+# images float32 [B, M, T, S, S, 3], tokens and positions int32 [B, L] -> B predictions.
+Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray], list[Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,32 +49,6 @@ class Settings:
   seed: int = 0
 
 
-class MediaLoader:
-  """Example -> float32 [T, S, S, 3], resized, cropped and normalised as the model's tower
-  expects (config.model.image_preprocessing); files are read once."""
-
-  def __init__(self, model_config: ml_collections.ConfigDict, num_frames: int):
-    self.size = model_config.vision.image_size
-    self.preprocessing = model_config.image_preprocessing
-    self.num_frames = num_frames
-    self.stats = images_lib.DataStats()
-
-  @functools.lru_cache(maxsize=4096)
-  def image(self, path: str) -> np.ndarray:
-    with open(path, "rb") as f:
-      pixels = images_lib.decode(f.read(), self.stats, BENCHMARK_IMAGES)
-    if pixels is None:
-      raise ValueError(f"Cannot read the image {path}.")
-    pixels = images_lib.resize_and_crop(pixels, self.size, self.preprocessing.resize)
-    return images_lib.normalize(pixels, self.preprocessing.mean, self.preprocessing.std)
-
-  def __call__(self, example: Example, video: bool) -> np.ndarray:
-    paths = example.image_paths
-    if video:
-      paths = [paths[i] for i in np.linspace(0, len(paths) - 1, self.num_frames).round().astype(int)]
-    return np.stack([self.image(p) for p in paths])
-
-
 def support_answer(classes, example: Example) -> str:
   """The text a support example shows: its class name, or its most common answer (a caption's
   first reference)."""
@@ -89,23 +62,6 @@ def bucket(length: int, multiple: int = 16) -> int:
   return -(-length // multiple) * multiple
 
 
-def decode_text(tokens: np.ndarray, vocabulary: seqio.Vocabulary, stop: int) -> str:
-  """Generated ids -> text, up to the stop token; ids past the vocabulary are dropped."""
-  ids = [int(t) for t in tokens]
-  ids = ids[:ids.index(stop)] if stop in ids else ids
-  return vocabulary.decode([t for t in ids if t < vocabulary.vocab_size])
-
-
-def episode_support(queries: list[Example], shots: int) -> np.ndarray:
-  """Indices [Q, shots] of each query's own first `shots` support examples in the list of all
-  the queries' support examples, in order."""
-  sizes = np.array([len(q.support) for q in queries])
-  if shots > sizes.min():
-    raise ValueError(f"{shots} shots, but an episode has only {sizes.min()} support examples")
-  starts = np.cumsum(sizes) - sizes
-  return starts[:, None] + np.arange(shots)
-
-
 def select_support(settings: Settings, shots: int, queries: list[Example], support: list[Example],
                    features, rng: np.random.Generator, episodic: bool = False) -> np.ndarray:
   """Support indices [Q, n]: zero shots take two random text-only examples (for an episodic
@@ -113,12 +69,28 @@ def select_support(settings: Settings, shots: int, queries: list[Example], suppo
   if shots == 0:
     return rices.random_support(len(queries), len(support), prompts.ZERO_SHOT_TEXT_EXAMPLES, rng)
   if episodic:
-    return episode_support(queries, shots)
+    return binding.episode_support(queries, shots)
   if settings.selection == "rices":
     return rices.rices(features(queries), features(support), shots)
   if settings.selection != "random":
     raise ValueError(f"Unknown support selection {settings.selection!r}: random or rices.")
   return rices.random_support(len(queries), len(support), shots, rng)
+
+
+def evaluator(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
+              benchmark: Benchmark, format_: prompts.Format, classes, settings: Settings
+              ) -> Evaluator:
+  """The evaluator of the benchmark's kind, with its settings: close-ended scoring for
+  classification, generation for every other task."""
+  if benchmark.task == "classification":
+    return functools.partial(scoring.classify, model, params, classes=classes, format_=format_,
+                             vocabulary=vocabulary, chunk=settings.candidate_chunk,
+                             prediction=benchmark.prediction)
+  return functools.partial(
+      generation.generate_answers, model, params, task=benchmark.task, vocabulary=vocabulary,
+      stop_token=int(config.model.eoc_token_id),
+      max_new_tokens=settings.max_new_tokens or generation.MAX_NEW_TOKENS[benchmark.task],
+      beam_size=settings.beam_size, length_penalty=settings.length_penalty)
 
 
 def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
@@ -132,22 +104,29 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
     queries = [queries[i] for i in sorted(rng.choice(len(queries), settings.num_samples,
                                                      replace=False))]
   episodic = benchmark.support_split is None
-  support = ([s for q in queries for s in q.support] if episodic
+  support = (binding.episode_pool(queries) if episodic
              else benchmark.read(data_dir, benchmark.support_split))
   classes = benchmark.classes(data_dir) if benchmark.classes else None
   style = prompts.FORMATS[settings.style]
   format_ = style[name] if name in style else style[benchmark.task]
   video = benchmark.task == "video_vqa"
-  load = MediaLoader(config.model, settings.num_frames)
   if settings.selection == "rices" and video:
     raise ValueError("RICES retrieves by image features; use random support for video.")
+  loader = media_lib.MediaLoader(config.model)
+
+  def load(example: Example) -> np.ndarray:
+    """float32 [T, S, S, 3]: a clip's frames, or the image."""
+    if video:
+      return loader.clip(example.image_paths, settings.num_frames)
+    return loader.images(example.image_paths)
 
   def features(examples):
     return np.concatenate([np.asarray(rices.pooled_features(
-        model, params, jnp.asarray(np.stack([load(e, False)[0] for e in examples[i:i + 64]]))))
+        model, params, jnp.asarray(loader.images([e.image_paths[0] for e in examples[i:i + 64]]))))
         for i in range(0, len(examples), 64)])
 
   chosen = select_support(settings, shots, queries, support, features, rng, episodic)
+  predict = evaluator(model, params, config, vocabulary, benchmark, format_, classes, settings)
   text_only = shots == 0
   predictions = {}
   for start in range(0, len(queries), settings.batch_size):
@@ -158,46 +137,12 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
       prompt_list.append(prompts.prompt_tokens(
           format_, [(s.question, support_answer(classes, s)) for s in shown],
           query.question, vocabulary, text_only_support=text_only))
-      media.append(np.stack(([] if text_only else [load(s, video) for s in shown])
-                            + [load(query, video)]))
+      media.append(np.stack(([] if text_only else [load(s) for s in shown]) + [load(query)]))
     # A short last batch repeats its last query, so that every batch has one shape.
     filler = settings.batch_size - len(batch)
     prompt_list += [prompt_list[-1]] * filler
     media += [media[-1]] * filler
     tokens, positions = left_pad(prompt_list, length=bucket(max(map(len, prompt_list))))
-    images = jnp.asarray(np.stack(media))
-    if classes is not None:
-      scores = class_log_likelihoods(model, params, images, tokens, positions, classes, format_,
-                                     vocabulary, settings.candidate_chunk)[:len(batch)]
-      for query, row in zip(batch, scores):
-        predictions[query.id] = (float(row[1] - row[0]) if name == "hateful_memes"
-                                 else int(np.argmax(row)))
-    else:
-      stop = int(config.model.eoc_token_id)
-      seqs, _ = beam_search(model, params, images, jnp.asarray(tokens),
-                            settings.max_new_tokens or MAX_NEW_TOKENS[benchmark.task],
-                            beam_size=settings.beam_size,
-                            length_penalty=settings.length_penalty, stop_token=stop,
-                            positions=jnp.asarray(positions))
-      for query, row in zip(batch, np.asarray(seqs[:, 0])):
-        predictions[query.id] = prompts.postprocess(decode_text(row, vocabulary, stop),
-                                                    benchmark.task)
+    for query, prediction in zip(batch, predict(np.stack(media), tokens, positions)):
+      predictions[query.id] = prediction
   return {"metrics": benchmark.metric(predictions, queries), "predictions": predictions}
-
-
-def class_log_likelihoods(model, params, images, tokens, positions, classes, format_,
-                          vocabulary, chunk: int) -> np.ndarray:
-  """[B, num classes]: log p(class name, then `<EOC>` | prompt), `chunk` names per call (the
-  last chunk padded to the same shape)."""
-  candidates = [prompts.answer_tokens(format_, c, vocabulary) for c in classes]
-  width = max(map(len, candidates))
-  scores = []
-  for start in range(0, len(candidates), chunk):
-    part = candidates[start:start + chunk]
-    tokens_c, mask = right_pad(part + [part[-1]] * (min(chunk, len(candidates)) - len(part)))
-    tokens_c = np.pad(tokens_c, ((0, 0), (0, width - tokens_c.shape[1])))
-    mask = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
-    scores.append(np.asarray(candidate_log_likelihoods(
-        model, params, images, jnp.asarray(tokens), jnp.asarray(tokens_c), jnp.asarray(mask),
-        jnp.asarray(positions)))[:, :len(part)])
-  return np.concatenate(scores, axis=1)

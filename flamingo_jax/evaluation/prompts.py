@@ -10,8 +10,9 @@ two text-only support examples: their text and `<EOC>`, with no `<image>`.
 
 Formats are those of the paper (appendix B.1.5) and of OpenFlamingo's evaluation suite, per
 task kind: captions `Output: {answer}`, VQA `Question: {question} Answer: {answer}` (paper) or
-`Question:{question} Short answer:{answer}` (OpenFlamingo), HatefulMemes `is an image with: '{question}'
-written on it. Is it hateful? Answer: {answer}` with the meme's text as the question.
+`Question:{question} Short answer:{answer}` (OpenFlamingo), HatefulMemes `is an image with:
+'{question}' written on it. Is it hateful? Answer: {answer}` with the meme's text as the
+question.
 """
 
 import dataclasses

@@ -15,7 +15,7 @@ from flamingo_jax.flamingo.model import Flamingo
 @functools.partial(jax.jit, static_argnames="model")
 def pooled_features(model: Flamingo, params, images):
   """images [N, H, W, 3] (normalised) -> unit-norm mean-pooled vision features [N, C]."""
-  features = model.apply({"params": params}, images, method=lambda m, x: m.vision_encoder(x))
+  features = model.apply({"params": params}, images, method=Flamingo.vision_features)
   pooled = features.reshape(features.shape[0], -1, features.shape[-1]).mean(axis=1)
   pooled = pooled.astype(jnp.float32)
   return pooled / jnp.linalg.norm(pooled, axis=-1, keepdims=True)

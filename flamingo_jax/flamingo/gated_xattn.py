@@ -2,6 +2,10 @@
 
 y = y + tanh(a_attn) * XAttn(q=y, kv=visual); y = y + tanh(a_ffw) * FFW(y). Both gates start
 at 0, so at initialisation the model computes exactly what the frozen LM computes.
+
+Training and a full forward pass read the visual tokens (`__call__`); decoding projects them to
+the block's keys and values once per prompt (`media_kv`) and attends to those at every step
+(`attend_to`). Both compute the same.
 """
 
 from typing import Any
@@ -15,40 +19,45 @@ from flamingo_jax.layers.norms import make_norm
 
 
 class GatedCrossAttentionBlock(nn.Module):
-  """x: [B, L, D]; media: visual tokens [B, N, Dv], or their keys and values (below);
-  mask: bool [B, 1, L, N] -> [B, L, D].
+  """x: [B, L, D]; media: visual tokens [B, N, Dv]; mask: bool [B, 1, L, N] -> [B, L, D].
 
   A token whose mask row is empty (no image at or before it) gets an exactly zero
   cross-attention output, not the uniform average an all-masked softmax would give.
   `kv_norm` is the paper's LayerNorm on the key/value input (OpenFlamingo has none).
-
-  Decoding computes the keys and values of the media once per prompt: with x None the block
-  returns them (a KVCache [B, N, H, Dh]), which may then stand in for the visual tokens.
+  The sizes and switches come from the config's `xattn` section (flamingo_jax.configs.base).
   """
   num_heads: int
   head_dim: int
-  mlp_ratio: int = 4
-  activation: str = "squared_relu"
-  kv_norm: bool = True
-  norm_eps: float = 1e-5
+  mlp_ratio: int
+  activation: str
+  kv_norm: bool
+  norm_eps: float
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, media, mask):
+  def setup(self):
     kw = dict(eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
-    gate = lambda name: jnp.tanh(self.param(
-        name, nn.with_logical_partitioning(nn.initializers.zeros, ()), (), self.param_dtype))
-    attention = MultiHeadAttention(self.num_heads, self.head_dim, dtype=self.dtype,
-                                   param_dtype=self.param_dtype, name="attention")
-    if self.kv_norm and not isinstance(media, KVCache):
-      media = make_norm("layer", name="kv_norm", **kw)(media)
-    if x is None:
-      return attention(None, media, None)[0]
-    queries = make_norm("layer", name="norm", **kw)(x)
-    attended, _ = attention(queries, media, mask)
+    gate = lambda name: self.param(
+        name, nn.with_logical_partitioning(nn.initializers.zeros, ()), (), self.param_dtype)
+    self.attention = MultiHeadAttention(self.num_heads, self.head_dim, dtype=self.dtype,
+                                        param_dtype=self.param_dtype)
+    if self.kv_norm:
+      self.media_norm = make_norm("layer", name="kv_norm", **kw)
+    self.norm = make_norm("layer", **kw)
+    self.ffw = FeedForward(self.mlp_ratio, self.activation, self.norm_eps, self.dtype,
+                           self.param_dtype)
+    self.attention_gate, self.ffw_gate = gate("attention_gate"), gate("ffw_gate")
+
+  def __call__(self, x, media, mask):
+    return self.attend_to(x, self.media_kv(media), mask)
+
+  def media_kv(self, media) -> KVCache:
+    """media [B, N, Dv] -> this block's keys and values of them, KVCache [B, N, H, Dh]."""
+    return self.attention.key_values(self.media_norm(media) if self.kv_norm else media)
+
+  def attend_to(self, x, media_kv: KVCache, mask):
+    """The block's output for x [B, L, D] over the keys and values of `media_kv`."""
+    attended = self.attention.attend_to(self.norm(x), media_kv, mask)
     attended = jnp.where(mask.any(axis=-1).transpose(0, 2, 1), attended, 0)
-    x = x + gate("attention_gate").astype(self.dtype) * attended
-    ffw = FeedForward(self.mlp_ratio, self.activation, self.norm_eps, self.dtype,
-                      self.param_dtype, name="ffw")(x)
-    return x + gate("ffw_gate").astype(self.dtype) * ffw
+    x = x + jnp.tanh(self.attention_gate).astype(self.dtype) * attended
+    return x + jnp.tanh(self.ffw_gate).astype(self.dtype) * self.ffw(x)

@@ -4,6 +4,13 @@ XATTN-DENSE blocks inserted before every `xattn.every`-th LM block.
 images [B, M, T, H, W, 3] --encoder--> [B, M, T, S, Dv] --resampler--> [B, M, R, D]
 tokens [B, L] (with `<image>` and `<EOC>`) --LM + gated xattn--> logits [B, L, V]
 
+Each mode is a method (`model.apply(variables, ..., method=Flamingo.media_kv)`):
+  __call__(images, tokens): the full forward pass, as training runs it;
+  vision_features(pixels): the frozen vision encoder's features (RICES compares them);
+  encode_media(images): the visual tokens; decode(visual, tokens): the full pass from them;
+  media_kv(visual): every gated block's keys and values of the media, once per prompt;
+  extend(tokens, positions, state): decoding: continues a `FlamingoDecodeState` (started from
+    those keys and values by `FlamingoDecodeState.start`) by some tokens.
 Media and the `<image>` positions flow through the arguments of every call; nothing is stored in
 the modules between calls (unlike OpenFlamingo's "condition the layers first").
 
@@ -27,7 +34,7 @@ from flamingo_jax.flamingo.scan import SCANNED, Layout
 from flamingo_jax.layers.attention import KVCache
 from flamingo_jax.layers.remat import remat
 from flamingo_jax.lm.model import (DecodeState, DecoderBlock, DecoderLM, LMConfig, advance,
-                                   attention_positions, default_positions)
+                                   attention_mask, cache_positions, default_positions)
 from flamingo_jax.vision import make_vision_encoder
 
 NUM_SPECIAL_TOKENS = 2  # <image>, <EOC>
@@ -57,48 +64,64 @@ def dtypes(model_config) -> tuple[jnp.dtype, jnp.dtype]:
   return jnp.dtype(model_config.dtype), jnp.dtype(model_config.param_dtype)
 
 
-def gated_block(model_config, name: str | None = None) -> GatedCrossAttentionBlock:
+def gated_block(model_config) -> GatedCrossAttentionBlock:
   """A GATED XATTN-DENSE block of the config, rematerialised as `remat` says."""
   x = model_config.xattn
   dtype, param_dtype = dtypes(model_config)
   return remat(GatedCrossAttentionBlock, model_config.remat)(
       num_heads=x.num_heads, head_dim=x.head_dim, mlp_ratio=x.mlp_ratio, activation=x.activation,
-      kv_norm=x.kv_norm, norm_eps=x.norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
+      kv_norm=x.kv_norm, norm_eps=x.norm_eps, dtype=dtype, param_dtype=param_dtype)
 
 
 @flax.struct.dataclass
 class MediaKV:
-  """The gated blocks' keys and values of a prompt's media, computed once for all decoding
-  steps (`Flamingo.media_kv`). blocks: one KVCache [B, M * R, H, Dh] per gated block that runs
-  one by one; scanned: one KVCache [U, B, M * R, H, Dh] for the scanned units, or None."""
+  """The gated blocks' keys and values of a prompt's media (`Flamingo.media_kv`), computed once
+  for all decoding steps. blocks: one KVCache [B, M * R, H, Dh] per gated block that runs one by
+  one; scanned: one KVCache [U, B, M * R, H, Dh] for the gated blocks of the U scanned units
+  (empty without `scan_layers`)."""
   blocks: tuple[KVCache, ...]
-  scanned: KVCache | None
+  scanned: tuple[KVCache, ...]
   num_media: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def batch_size(self) -> int:
+    return jax.tree.leaves(self)[0].shape[-4]
+
+  @property
+  def num_tokens(self) -> int:
+    """M * R, the visual tokens of all media."""
+    return jax.tree.leaves(self)[0].shape[-3]
+
+  def take(self, indices) -> "MediaKV":
+    """The keys and values of the sequences `indices` ([N] int32 into the batch)."""
+    rows = lambda axis: lambda x: jnp.take(x, indices, axis=axis)
+    return self.replace(blocks=jax.tree.map(rows(0), self.blocks),
+                        scanned=jax.tree.map(rows(1), self.scanned))
 
 
 @flax.struct.dataclass
 class FlamingoDecodeState:
-  """What Flamingo's decoding carries between calls.
+  """What Flamingo's decoding carries from one `Flamingo.extend` call to the next.
 
   lm: the LM's state, with the caches of the LM blocks that run one by one; scanned: one
-  KVCache [U, B, S, K, Dh] per LM block of a scanned unit (empty without `scan_layers`);
-  media_count: [B] int32, the number of media each sequence has seen; media: the media's
-  keys and values (`Flamingo.start_decoding`), or None to compute them from the visual tokens
-  at every call.
+  KVCache [U, B, S, K, Dh] per LM block of a scanned unit (empty without `scan_layers`); media:
+  the gated blocks' keys and values of the prompt's media; media_count: [B] int32, the number of
+  media each sequence has seen.
   """
   lm: DecodeState
   scanned: tuple[KVCache, ...]
+  media: MediaKV
   media_count: jax.Array
-  media: MediaKV | None = None
 
   @classmethod
-  def zeros(cls, model_config, batch: int, length: int, dtype=jnp.float32):
-    layout, lm = Layout.of(model_config), lm_config(model_config)
+  def start(cls, model_config, media: MediaKV, length: int, dtype=jnp.float32):
+    """An empty state of `length` cache slots for decoding with `media` (`Flamingo.media_kv`)."""
+    layout, lm, batch = Layout.of(model_config), lm_config(model_config), media.batch_size
     cache = KVCache.zeros(batch, length, lm.kv_heads, lm.dh, dtype)
     stacked = jax.tree.map(lambda a: jnp.zeros((layout.num_scanned, *a.shape), a.dtype), cache)
     return cls(lm=DecodeState.zeros(lm, batch, length, dtype, layout.unscanned),
                scanned=(stacked,) * layout.every if layout.num_scanned else (),
-               media_count=jnp.zeros((batch,), jnp.int32))
+               media=media, media_count=jnp.zeros((batch,), jnp.int32))
 
   def take(self, indices, keep_media: bool = False):
     """The state of the sequences `indices` ([N] int32 into the batch, repeats allowed): how
@@ -111,38 +134,48 @@ class FlamingoDecodeState:
     rows = lambda axis: lambda x: jnp.take(x, indices, axis=axis)
     lm = DecodeState(caches=jax.tree.map(rows(0), self.lm.caches),
                      key_positions=rows(0)(self.lm.key_positions), index=self.lm.index)
-    media = self.media if self.media is None or keep_media else MediaKV(
-        blocks=jax.tree.map(rows(0), self.media.blocks),
-        scanned=jax.tree.map(rows(1), self.media.scanned), num_media=self.media.num_media)
     return FlamingoDecodeState(lm=lm, scanned=jax.tree.map(rows(1), self.scanned),
-                               media_count=rows(0)(self.media_count), media=media)
+                               media=self.media if keep_media else self.media.take(indices),
+                               media_count=rows(0)(self.media_count))
 
 
 class FlamingoUnit(nn.Module):
-  """One gated block, then `xattn.every` LM blocks: the body of the layer scan.
+  """One gated block, then `xattn.every` LM blocks: the body of the layer scan, with a method
+  for each of Flamingo's modes that runs the layers.
 
-  x: [B, L, D], the scan's carry; caches: one KVCache [B, S, K, Dh] per LM block, or None;
-  media_kv: this unit's gated block's keys and values of the media, or None to compute them
-  from visual [B, N, D]; the rest as in `Flamingo.decode`, the same for every unit. Returns
-  (x, the advanced caches). With x None, returns (None, the media's keys and values).
+  x: [B, L, D], the scan's carry; the other arguments as in `Flamingo.decode` and
+  `Flamingo.extend`, the same for every unit, but for the caches and the media's keys and
+  values, which the scan slices unit by unit.
   """
   config: ml_collections.FrozenConfigDict
 
-  @nn.compact
-  def __call__(self, x, caches, media_kv, visual, xmask, q_positions, kv_positions, mask,
-               cache_index):
+  def setup(self):
     c = self.config
+    self.gated_xattn = gated_block(c)
     block = remat(DecoderBlock, c.remat)
-    gated = gated_block(c, name="gated_xattn")
-    if x is None:
-      return None, gated(None, visual, None)
-    x = gated(x, visual if media_kv is None else media_kv, xmask)
+    self.layers = [block(lm_config(c), *dtypes(c)) for _ in range(c.xattn.every)]
+
+  def __call__(self, x, visual, xmask, positions, mask):
+    """The full pass: visual [B, N, D]. Returns (x, no per-unit outputs)."""
+    x = self.gated_xattn(x, visual, xmask)
+    for layer in self.layers:
+      x = layer(x, positions, mask)
+    return x, ()
+
+  def extend(self, x, caches, media_kv, xmask, q_positions, kv_positions, mask, cache_index):
+    """A decoding step: caches, one KVCache [B, S, K, Dh] per LM block; media_kv, this unit's
+    gated block's keys and values. Returns (x, the updated caches)."""
+    x = self.gated_xattn.attend_to(x, media_kv, xmask)
     new_caches = []
-    for j in range(c.xattn.every):
-      x, cache = block(lm_config(c), *dtypes(c), name=f"layers_{j}")(
-          x, q_positions, kv_positions, mask, None if caches is None else caches[j], cache_index)
+    for layer, cache in zip(self.layers, caches):
+      x, cache = layer.extend(x, q_positions, kv_positions, mask, cache, cache_index)
       new_caches.append(cache)
     return x, tuple(new_caches)
+
+  def media_kv(self, visual):
+    """visual [B, N, D] -> (visual, the scan's unchanged carry; this unit's gated block's keys
+    and values)."""
+    return visual, self.gated_xattn.media_kv(visual)
 
 
 def check_media_count(tokens, num_media: int, media_token_id: int) -> None:
@@ -162,7 +195,7 @@ def check_media_count(tokens, num_media: int, media_token_id: int) -> None:
 class Flamingo(nn.Module):
   """`model.apply({"params": params}, images, tokens)` -> logits [B, L, V] float32.
 
-  config: the `model` section of a Flamingo config (see flamingo_jax.config).
+  config: the `model` section of a Flamingo config (see flamingo_jax.configs.base).
   """
   config: ml_collections.FrozenConfigDict
 
@@ -176,88 +209,94 @@ class Flamingo(nn.Module):
     self.gated_xattn = [gated_block(c) for _ in xattn_layer_indices(c)]
     layout = Layout.of(c)
     if layout.num_scanned:
-      broadcast = (nn.broadcast,) * 6  # visual, xmask, q / kv positions, mask, cache index.
-      self.scanned = nn.scan(
-          FlamingoUnit, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(0, 0, *broadcast), length=layout.num_scanned,
-          metadata_params={nn.PARTITION_NAME: "layers"})(c, name=SCANNED)
+      # Each mode scans the units' parameters; what every unit reads alike is broadcast.
+      unit = dict(variable_axes={"params": 0}, split_rngs={"params": True},
+                  length=layout.num_scanned, metadata_params={nn.PARTITION_NAME: "layers"})
+      same = nn.broadcast
+      self.scanned = nn.scan(FlamingoUnit, methods={
+          "__call__": unit | dict(in_axes=(same,) * 4),  # visual, xmask, positions, mask.
+          # The caches and media keys and values by unit; xmask, q / kv positions, mask, index.
+          "extend": unit | dict(in_axes=(0, 0, *(same,) * 5)),
+          "media_kv": unit | dict(in_axes=()),  # The visual tokens are the carry.
+      })(c, name=SCANNED)
+
+  def vision_features(self, pixels):
+    """pixels [N, H, W, 3] -> the frozen vision encoder's tokens [N, S, Dv] or grid
+    [N, h, w, Dv]."""
+    return self.vision_encoder(pixels)
 
   def encode_media(self, images):
     """images [B, M, T, H, W, 3] -> visual tokens [B, M, R, D]."""
     chex.assert_rank(images, 6)
     b, m, t, h, w, ch = images.shape
-    features = self.vision_encoder(images.reshape(b * m * t, h, w, ch))
+    features = self.vision_features(images.reshape(b * m * t, h, w, ch))
     features = features.reshape(b, m, t, -1, features.shape[-1])  # Grids flatten to S = h*w.
     return self.resampler(features)
 
   def flat_visual(self, visual):
-    """[B, M, R, D] -> [B, M * R, D], the keys and values of the gated blocks."""
+    """[B, M, R, D] -> [B, M * R, D], what the gated blocks attend to."""
     b, m, r, d = visual.shape
     return nn.with_logical_constraint(visual.reshape(b, m * r, d), ("batch", "media", "embed"))
+
+  def decode(self, visual, tokens, positions=None):
+    """The full pass of the LM over tokens [B, L] int32 conditioned on visual [B, M, R, D]
+    (`encode_media`) -> logits [B, L, V] float32. positions: [B, L] int32, default 0..L-1;
+    -1 marks padding."""
+    chex.assert_rank(visual, 4)
+    chex.assert_rank(tokens, 2)
+    c, layout = self.config, Layout.of(self.config)
+    num_media, visual = visual.shape[1], self.flat_visual(visual)
+    positions = default_positions(tokens) if positions is None else positions
+    xmask = cross_attention_mask(media_index(tokens, c.media_token_id), num_media,
+                                 visual.shape[1] // num_media, c.xattn.media_mode)
+    mask = attention_mask(positions, positions)
+
+    x = self.lm.embed(tokens, positions)
+    x = self.lm.blocks(layout.prefix, x, positions, mask)
+    if layout.num_scanned:
+      x, _ = self.scanned(x, visual, xmask, positions, mask)
+    for k in range(layout.num_scanned, len(layout.gated)):
+      x = self.gated_xattn[k](x, visual, xmask)
+      x = self.lm.blocks(layout.unit(k), x, positions, mask)
+    return self.lm.head(x)
 
   def media_kv(self, visual) -> MediaKV:
     """visual [B, M, R, D] -> every gated block's keys and values of these media."""
     chex.assert_rank(visual, 4)
     layout, flat = Layout.of(self.config), self.flat_visual(visual)
-    scanned = None
-    if layout.num_scanned:
-      _, scanned = self.scanned(None, None, None, flat, None, None, None, None, None)
-    blocks = tuple(self.gated_xattn[k](None, flat, None)
+    scanned = (self.scanned.media_kv(flat)[1],) if layout.num_scanned else ()
+    blocks = tuple(self.gated_xattn[k].media_kv(flat)
                    for k in range(layout.num_scanned, len(layout.gated)))
     return MediaKV(blocks=blocks, scanned=scanned, num_media=visual.shape[1])
 
-  def start_decoding(self, visual, length: int, dtype=jnp.float32) -> FlamingoDecodeState:
-    """An empty decode state of `length` cache slots holding the media's keys and values, so
-    that no decoding call projects the visual tokens again. visual [B, M, R, D]."""
-    state = FlamingoDecodeState.zeros(self.config, visual.shape[0], length, dtype)
-    return state.replace(media=self.media_kv(visual))
+  def extend(self, tokens, positions, state: FlamingoDecodeState, last_only: bool = False):
+    """Continues decoding from `state` with tokens, positions [B, L] int32 (-1 marks padding).
 
-  def decode(self, visual, tokens, positions=None, state: FlamingoDecodeState | None = None,
-             last_only: bool = False):
-    """Runs the LM over `tokens` conditioned on encoded media.
-
-    visual: [B, M, R, D] from `encode_media` (None when the state holds the media's keys and
-    values, see `start_decoding`); tokens, positions: [B, L] int32 (positions default to
-    0..L-1; -1 marks padding). With a state, continues from it and returns (logits, new
-    state); otherwise returns logits [B, L, V], or [B, 1, V] of the last position when
-    `last_only` (reading a prompt: a long one's logits cost as much as a few LM layers).
+    Returns (logits [B, L, V], or [B, 1, V] of the last position when `last_only` (reading a
+    prompt: a long one's logits cost as much as a few LM layers); the advanced state).
     """
     chex.assert_rank(tokens, 2)
-    c = self.config
-    media = None if state is None else state.media
-    if media is None:
-      chex.assert_rank(visual, 4)
-      num_media, visual = visual.shape[1], self.flat_visual(visual)
-      num_visual_tokens = visual.shape[1]
-    else:
-      num_media = media.num_media
-      num_visual_tokens = jax.tree.leaves(media)[0].shape[-3]  # KVCache [..., M * R, H, Dh].
-    positions = default_positions(tokens) if positions is None else positions
-    index = media_index(tokens, c.media_token_id, None if state is None else state.media_count)
-    xmask = cross_attention_mask(index, num_media, num_visual_tokens // num_media,
+    c, layout, media = self.config, Layout.of(self.config), state.media
+    index = media_index(tokens, c.media_token_id, state.media_count)
+    xmask = cross_attention_mask(index, media.num_media, media.num_tokens // media.num_media,
                                  c.xattn.media_mode)
-    lm_state = None if state is None else state.lm
-    q_pos, kv_pos, mask = attention_positions(positions, lm_state)
-    layout = Layout.of(c)
+    kv_pos, mask = cache_positions(positions, state.lm)
 
     x = self.lm.embed(tokens, positions)
-    x, caches = self.lm.blocks(layout.prefix, x, q_pos, kv_pos, mask, lm_state)
+    x, caches = self.lm.extend_blocks(layout.prefix, x, positions, kv_pos, mask, state.lm)
     scanned = ()
     if layout.num_scanned:
-      x, scanned = self.scanned(x, None if state is None else state.scanned,
-                                None if media is None else media.scanned, visual, xmask,
-                                q_pos, kv_pos, mask, None if state is None else lm_state.index)
+      (scanned_media,) = media.scanned
+      x, scanned = self.scanned.extend(x, state.scanned, scanned_media, xmask, positions, kv_pos,
+                                       mask, state.lm.index)
     for k in range(layout.num_scanned, len(layout.gated)):
-      block_media = visual if media is None else media.blocks[k - layout.num_scanned]
-      x = self.gated_xattn[k](x, block_media, xmask)
-      x, unit_caches = self.lm.blocks(layout.unit(k), x, q_pos, kv_pos, mask, lm_state)
+      x = self.gated_xattn[k].attend_to(x, media.blocks[k - layout.num_scanned], xmask)
+      x, unit_caches = self.lm.extend_blocks(layout.unit(k), x, positions, kv_pos, mask,
+                                             state.lm)
       caches.update(unit_caches)
     logits = self.lm.head(x[:, -1:] if last_only else x)
-    if state is None:
-      return logits
-    return logits, FlamingoDecodeState(lm=advance(lm_state, caches, kv_pos, tokens.shape[1]),
-                                       scanned=scanned, media_count=index[:, -1] + 1,
-                                       media=media)
+    return logits, state.replace(lm=advance(state.lm, caches, kv_pos, tokens.shape[1]),
+                                 scanned=scanned, media_count=index[:, -1] + 1)
 
   def __call__(self, images, tokens, positions=None):
     """images [B, M, T, H, W, 3] float32, tokens [B, L] int32 -> logits [B, L, V] float32."""

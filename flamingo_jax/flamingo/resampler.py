@@ -16,9 +16,9 @@ from flamingo_jax.layers.norms import make_norm
 
 class FeedForward(nn.Module):
   """LayerNorm then an MLP of `ratio * D` hidden units: [..., D] -> [..., D]."""
-  ratio: int = 4
-  activation: str = "squared_relu"
-  norm_eps: float = 1e-5
+  ratio: int
+  activation: str
+  norm_eps: float
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -50,7 +50,7 @@ class PerceiverLayer(nn.Module):
     queries = make_norm("layer", name="latents_norm", **kw)(latents)
     kv = jnp.concatenate([features, queries], axis=1)
     mask = jnp.ones((1, 1, queries.shape[1], kv.shape[1]), bool)
-    attended, _ = MultiHeadAttention(
+    attended = MultiHeadAttention(
         self.num_heads, self.head_dim, dtype=self.dtype, param_dtype=self.param_dtype,
         name="attention")(queries, kv, mask)
     latents = latents + attended
@@ -77,17 +77,19 @@ class PerceiverResampler(nn.Module):
   When Dv != D, a linear projection maps the features to the resampler's width first (the
   paper's NFNet-F6 gives 3072 channels to a 1536-wide resampler). Only temporal position
   embeddings are learned; there are no spatial ones (paper A.1.1). `temporal_embedding=False`
-  leaves those out too, as OpenFlamingo's resampler does.
+  leaves those out too, as OpenFlamingo's resampler does. The fields come from the config's
+  `resampler` section (flamingo_jax.configs.base); `temporal_embedding` alone keeps a default,
+  the paper's, since only OpenFlamingo's configs name it (saved configs without it still load).
   """
   dim: int
-  depth: int = 6
-  num_latents: int = 64
-  num_heads: int = 16
-  head_dim: int = 128
-  mlp_ratio: int = 4
-  activation: str = "squared_relu"
-  max_frames: int = 8
-  norm_eps: float = 1e-5
+  depth: int
+  num_latents: int
+  num_heads: int
+  head_dim: int
+  mlp_ratio: int
+  activation: str
+  max_frames: int
+  norm_eps: float
   temporal_embedding: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -110,8 +112,9 @@ class PerceiverResampler(nn.Module):
                          (self.num_latents, self.dim), self.param_dtype)
     x = jnp.broadcast_to(jnp.asarray(latents, self.dtype), (b * m, self.num_latents, self.dim))
     for i in range(self.depth):
-      x = PerceiverLayer(self.num_heads, self.head_dim, self.mlp_ratio, self.activation,
-                         self.norm_eps, self.dtype, self.param_dtype, name=f"layers_{i}")(x, features)
+      layer = PerceiverLayer(self.num_heads, self.head_dim, self.mlp_ratio, self.activation,
+                             self.norm_eps, self.dtype, self.param_dtype, name=f"layers_{i}")
+      x = layer(x, features)
     x = make_norm("layer", eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                   name="final_norm")(x)
     return x.reshape(b, m, self.num_latents, self.dim)

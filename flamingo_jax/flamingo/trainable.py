@@ -2,7 +2,9 @@
 
 Paths are '/'-joined keys of the parameter tree, e.g. 'gated_xattn_3/attention/query/kernel', or
 'scanned/gated_xattn/attention/query/kernel' for the gated blocks of scanned layers
-(flamingo_jax.flamingo.scan). Gradients and optimiser state exist for the trainable part only.
+(flamingo_jax.flamingo.scan); the patterns are `config.model.trainable` (the paper's choice:
+flamingo_jax.configs.base.TRAINABLE). Gradients and optimiser state exist for the trainable
+part only.
 """
 
 import re
@@ -10,16 +12,12 @@ from collections.abc import Sequence
 
 from flax import traverse_util
 
-# The paper trains the resampler, the gated cross-attention blocks (one by one or scanned) and
-# the new token rows.
-DEFAULT_TRAINABLE = (r"^resampler/", r"^gated_xattn_\d+/", r"^scanned/gated_xattn/", r"^lm/extra_")
 
-
-def is_trainable(path: str, patterns: Sequence[str] = DEFAULT_TRAINABLE) -> bool:
+def is_trainable(path: str, patterns: Sequence[str]) -> bool:
   return any(re.search(p, path) for p in patterns)
 
 
-def split(params, patterns: Sequence[str] = DEFAULT_TRAINABLE):
+def split(params, patterns: Sequence[str]):
   """params -> (trainable, frozen): two trees with disjoint leaves that `merge` puts back."""
   flat = traverse_util.flatten_dict(params, sep="/")
   trainable = {k: v for k, v in flat.items() if is_trainable(k, patterns)}

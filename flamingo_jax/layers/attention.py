@@ -1,5 +1,6 @@
 """Multi-head attention: self or cross, grouped-query, RoPE, ALiBi or Transformer-XL relative
-positions, with an explicit key/value cache for decoding.
+positions, with an explicit key/value cache for decoding and cross-attention over keys and
+values projected once (`MultiHeadAttention`'s methods are its modes).
 
 Shapes: B batch, Lq / Lk query / key length, H query heads, K key/value heads (H % K == 0),
 Dh head width.
@@ -15,11 +16,13 @@ import jax.numpy as jnp
 from flamingo_jax.layers.linear import flat_matmul
 
 NEG_INF = -1e30  # Finite, so an all-masked row gives a uniform softmax rather than NaN.
+POSITIONS = ("none", "rope", "alibi", "relative")
 
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of the tokens seen so far. k, v: [B, S, K, Dh]."""
+  """Keys and values, k, v: [B, S, K, Dh]: a decoding cache of the tokens seen so far, or the
+  projection of inputs that cross-attention reads many times (`MultiHeadAttention.key_values`)."""
   k: jax.Array
   v: jax.Array
 
@@ -135,7 +138,14 @@ class Projection(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Attention of `inputs_q` over `inputs_kv` (the same array for self-attention).
+  """Attention of queries over keys and values, in three modes, each a method of its own:
+
+  `__call__(inputs_q, inputs_kv, mask, ...)`: over all of `inputs_kv` (the same array for
+    self-attention), as training and a full forward pass run it;
+  `extend(inputs, mask, ..., cache, cache_index)`: self-attention of new tokens while decoding:
+    their keys and values are written into the cache, and they attend over every cached slot;
+  `key_values(inputs_kv)`, then `attend_to(inputs_q, key_values, mask)`: cross-attention over
+    inputs that do not change while decoding (Flamingo's media), projected once.
 
   position: "none", "rope" (rotary on q and k), "alibi" (MPT: a per-head linear penalty on the
   distance, `alibi_bias_max` setting the slopes) or "relative" (Transformer-XL, as in Gopher and
@@ -155,68 +165,96 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  def _proj(self, heads, axes, use_bias, name):
-    return Projection((heads, self.head_dim), axes, use_bias, self.dtype, self.param_dtype,
-                      name=name)
+  def setup(self):
+    if self.position not in POSITIONS:
+      raise ValueError(f"Unknown attention position scheme {self.position!r}; choose from "
+                       f"{POSITIONS}.")
+    heads = lambda n, use_bias: Projection((n, self.head_dim), ("embed", "heads", "kv"), use_bias,
+                                           self.dtype, self.param_dtype)
+    kv_heads = self.num_kv_heads or self.num_heads
+    self.query = heads(self.num_heads, self.qkv_bias)
+    self.key = heads(kv_heads, self.qkv_bias)
+    self.value = heads(kv_heads, self.qkv_bias)
+    if self.position == "relative":
+      bias = lambda name: self.param(
+          name, nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+          (self.num_heads, self.head_dim), self.param_dtype)
+      self.content_bias, self.position_bias = bias("content_bias"), bias("position_bias")
+      self.relative = heads(self.num_heads, False)
 
-  def _qkv(self, heads, use_bias, name, x):
-    y = self._proj(heads, ("embed", "heads", "kv"), use_bias, name)(x)
+  def key_values(self, inputs_kv) -> KVCache:
+    """inputs_kv [B, Lk, Dkv] -> their keys and values, KVCache [B, Lk, K, Dh] (no positions)."""
+    return KVCache(k=self._project(self.key, inputs_kv), v=self._project(self.value, inputs_kv))
+
+  def __call__(self, inputs_q, inputs_kv, mask, q_positions=None, kv_positions=None):
+    """inputs_q: [B, Lq, Dq]; inputs_kv: [B, Lk, Dkv]; mask: bool [B, 1|H, Lq, Lk];
+    q_positions [B, Lq], kv_positions [B, Lk]: what the position schemes other than "none"
+    read. Returns [B, Lq, Dq]."""
+    kv = self.key_values(inputs_kv)
+    q = self._project(self.query, inputs_q)
+    k = kv.k
+    if self.position == "rope":
+      q = rotary_embedding(q, q_positions, self.rope_theta, self.rope_fraction)
+      k = rotary_embedding(k, kv_positions, self.rope_theta, self.rope_fraction)
+    q, bias = self._position_terms(q, q_positions, kv_positions, inputs_q.shape[-1])
+    return self._attend(q, k, kv.v, mask, inputs_q.shape[-1], bias)
+
+  def extend(self, inputs, mask, q_positions, kv_positions, cache: KVCache, cache_index):
+    """Self-attention of new tokens inputs [B, L, D] over the S slots of `cache` (KVCache
+    [B, S, K, Dh]), their own keys and values written at slots cache_index..cache_index+L-1.
+
+    mask: bool [B, 1|H, L, S]; q_positions [B, L]; kv_positions [B, S], the position of every
+    slot's token, the new ones included. Returns (output [B, L, D], the updated cache).
+    """
+    kv = self.key_values(inputs)
+    q = self._project(self.query, inputs)
+    k = kv.k
+    if self.position == "rope":
+      new_positions = jax.lax.dynamic_slice_in_dim(kv_positions, cache_index, k.shape[1], axis=1)
+      q = rotary_embedding(q, q_positions, self.rope_theta, self.rope_fraction)
+      k = rotary_embedding(k, new_positions, self.rope_theta, self.rope_fraction)
+    cache = KVCache(
+        k=jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1),
+        v=jax.lax.dynamic_update_slice_in_dim(cache.v, kv.v.astype(cache.v.dtype), cache_index,
+                                              1))
+    q, bias = self._position_terms(q, q_positions, kv_positions, inputs.shape[-1])
+    return self._attend(q, cache.k, cache.v, mask, inputs.shape[-1], bias), cache
+
+  def attend_to(self, inputs_q, key_values: KVCache, mask):
+    """Position-free cross-attention of inputs_q [B, Lq, Dq] over keys and values from
+    `key_values` (KVCache [B, Lk, K, Dh]); mask: bool [B, 1|H, Lq, Lk] -> [B, Lq, Dq]."""
+    if self.position != "none":
+      raise ValueError("Projected keys and values are for position-free cross-attention.")
+    q = self._project(self.query, inputs_q)
+    return self._attend(q, key_values.k, key_values.v, mask, inputs_q.shape[-1])
+
+  def _project(self, projection, x):
+    y = projection(x)
     return y if self.clip_qkv is None else jnp.clip(y, -self.clip_qkv, self.clip_qkv)
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, mask, q_positions=None, kv_positions=None,
-               cache: KVCache | None = None, cache_index=None):
-    """inputs_q: [B, Lq, Dq]; inputs_kv: [B, Lk, Dkv]; mask: bool [B, 1|H, Lq, S].
+  def _attend(self, q, k, v, mask, width: int, bias=None):
+    """softmax(q k^T / sqrt(Dh) + bias, where mask) v, projected to `width` features.
 
-    q_positions: [B, Lq], kv_positions: [B, S] (needed for "rope" and "relative"). With a
-    cache, the new keys and values are written at `cache_index` and attention runs over all S
-    cached slots; returns (output [B, Lq, Dq], the updated cache or None).
-
-    Cross-attention over inputs that do not change while decoding (Flamingo's media) projects
-    them once: with `inputs_q` None the call returns (KVCache of inputs_kv's keys and values
-    [B, Lk, K, Dh], None), and such a KVCache may stand in for `inputs_kv` in later calls.
+    The one compact method: the output projection is as wide as the queries' inputs, which
+    only a call shows; the other projections are set up.
     """
-    kv_heads = self.num_kv_heads or self.num_heads
-    if isinstance(inputs_kv, KVCache):
-      if self.position != "none":
-        raise ValueError("Projected keys and values are for position-free cross-attention.")
-      k, v = inputs_kv.k, inputs_kv.v
-    else:
-      k = self._qkv(kv_heads, self.qkv_bias, "key", inputs_kv)
-      v = self._qkv(kv_heads, self.qkv_bias, "value", inputs_kv)
-    if inputs_q is None:
-      return KVCache(k=k, v=v), None
-    q = self._qkv(self.num_heads, self.qkv_bias, "query", inputs_q)
-
-    if self.position == "rope":
-      lk = k.shape[1]
-      new_k_positions = kv_positions if cache is None else jax.lax.dynamic_slice_in_dim(
-          kv_positions, cache_index, lk, axis=1)
-      q = rotary_embedding(q, q_positions, self.rope_theta, self.rope_fraction)
-      k = rotary_embedding(k, new_k_positions, self.rope_theta, self.rope_fraction)
-
-    new_cache = None
-    if cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 1)
-      new_cache = KVCache(k=k, v=v)
-
-    bias = None
-    if self.position == "relative":
-      q, bias = self._relative_position_terms(q, q_positions, kv_positions, inputs_q.shape[-1])
-    elif self.position == "alibi":
-      bias = alibi_bias(q_positions, kv_positions, self.num_heads, self.alibi_bias_max)
-    elif self.position not in ("none", "rope"):
-      raise ValueError(f"Unknown attention position scheme {self.position!r}.")
-
     weights = attention_weights(q, k.astype(q.dtype), mask, bias)
     # For inspection only: kept when "intermediates" is mutable in `apply`, else a no-op.
     self.sow("intermediates", "attention_weights", weights)
     out = attend(weights, v.astype(q.dtype))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    out = Projection((inputs_q.shape[-1],), ("heads", "kv", "embed"), self.out_bias, self.dtype,
-                     self.param_dtype, name="out")(out)
-    return out, new_cache
+    return Projection((width,), ("heads", "kv", "embed"), self.out_bias, self.dtype,
+                      self.param_dtype, name="out")(out)
+
+  def _position_terms(self, q, q_positions, kv_positions, model_dim):
+    """(queries, additive logit bias [B, H, Lq, S] or None) of the relative and ALiBi schemes;
+    RoPE has rotated q and k already."""
+    if self.position == "relative":
+      return self._relative_position_terms(q, q_positions, kv_positions, model_dim)
+    if self.position == "alibi":
+      return q, alibi_bias(q_positions, kv_positions, self.num_heads, self.alibi_bias_max)
+    return q, None
 
   def _relative_position_terms(self, q, q_positions, kv_positions, model_dim):
     """Transformer-XL: logits = (q + u).k + (q + v).W_r r(i - j), r sinusoidal.
@@ -224,17 +262,13 @@ class MultiHeadAttention(nn.Module):
     Returns the content query q + u and the position term as an additive bias [B, H, Lq, S],
     pre-scaled by 1/sqrt(Dh) like the content logits.
     """
-    init = nn.initializers.zeros
-    u = self.param("content_bias", nn.with_logical_partitioning(init, ("heads", "kv")),
-                   (self.num_heads, self.head_dim), self.param_dtype)
-    w = self.param("position_bias", nn.with_logical_partitioning(init, ("heads", "kv")),
-                   (self.num_heads, self.head_dim), self.param_dtype)
     num_keys = kv_positions.shape[1]
     # Distances 0..S-1 cover every pair a causal mask lets through.
     rel = sinusoid(jnp.arange(num_keys), model_dim).astype(self.dtype)
-    r = self._proj(self.num_heads, ("embed", "heads", "kv"), False, "relative")(rel)  # [S, H, Dh]
-    scores = jnp.einsum("bqhd,shd->bhqs", q + w.astype(q.dtype), r).astype(jnp.float32)
+    r = self.relative(rel)  # [S, H, Dh]
+    scores = jnp.einsum("bqhd,shd->bhqs", q + self.position_bias.astype(q.dtype),
+                        r).astype(jnp.float32)
     distance = jnp.clip(q_positions[:, :, None] - kv_positions[:, None, :], 0, num_keys - 1)
     distance = jnp.broadcast_to(distance[:, None], scores.shape[:2] + distance.shape[1:])
     bias = jnp.take_along_axis(scores, distance, axis=-1) / jnp.sqrt(self.head_dim)
-    return q + u.astype(q.dtype), bias
+    return q + self.content_bias.astype(q.dtype), bias

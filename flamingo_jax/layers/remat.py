@@ -20,7 +20,11 @@ POLICIES = {
 
 
 def remat(module_class: type[nn.Module], policy: str) -> type[nn.Module]:
-  """`module_class` rematerialised under `policy`; "none" returns it unchanged."""
+  """`module_class` rematerialised under `policy`; "none" returns it unchanged.
+
+  Only `__call__`, the full pass that training differentiates, is rematerialised; the decoding
+  methods (`extend`, `media_kv`, ...) take no gradients and run as they are.
+  """
   if policy == "none":
     return module_class
   if policy not in POLICIES:

@@ -4,8 +4,10 @@ models (LayerNorm, learned positions, GELU MLP, biases), GPT-NeoX (parallel resi
 rotary), MPT (ALiBi, bias-free LayerNorm and projections, clipped QKV) and Chinchilla (RMSNorm,
 Transformer-XL relative positions, GELU MLP).
 
-The LM exposes its pieces (`embed`, `blocks`, `head`) so that Flamingo can interleave its gated
-cross-attention layers between the frozen blocks without copying them. `num_extra_tokens` new
+The LM exposes its pieces (`embed`, `blocks` / `extend_blocks`, `head`) so that Flamingo can
+interleave its gated cross-attention layers between the frozen blocks without copying them. A full
+forward pass over a sequence (`__call__`) and a decoding step over new tokens with a `DecodeState`
+(`extend`) are separate methods, down to every block and attention layer. `num_extra_tokens` new
 token rows (Flamingo's `<image>` and `<EOC>`) live in their own parameters, `extra_embedding`
 and, for untied heads, `extra_unembedding`, so that they alone can be trained.
 """
@@ -78,9 +80,9 @@ class LMConfig:
 class DecodeState:
   """Everything decoding needs between calls; no state hides inside the modules.
 
-  caches: {layer index: KVCache [B, S, K, Dh]} for every block that `DecoderLM.blocks` runs (a
-  Flamingo with scanned layers keeps the scanned blocks' caches itself); key_positions: [B, S]
-  int32, the position of the token in each cache slot, -1 for empty or padding slots;
+  caches: {layer index: KVCache [B, S, K, Dh]} for every block that `DecoderLM.extend_blocks`
+  runs (a Flamingo with scanned layers keeps the scanned blocks' caches itself); key_positions:
+  [B, S] int32, the position of the token in each cache slot, -1 for empty or padding slots;
   index: int32 [], next free slot.
   """
   caches: dict[int, KVCache]
@@ -108,32 +110,47 @@ def attention_mask(q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array
 
 
 class DecoderBlock(nn.Module):
-  """A pre-norm transformer block. x: [B, L, D] -> [B, L, D]."""
+  """A pre-norm transformer block, x: [B, L, D] -> [B, L, D]: over a whole sequence
+  (`__call__`), or over new tokens after the cached ones (`extend`)."""
   config: LMConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, q_positions, kv_positions, mask, cache=None, cache_index=None):
+  def setup(self):
     c = self.config
-    norm = lambda name: make_norm(c.norm, eps=c.norm_eps, use_bias=c.norm_bias, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, name=name)
-    hn = norm("attention_norm")(x)
-    h, cache = MultiHeadAttention(
+    norm = lambda: make_norm(c.norm, eps=c.norm_eps, use_bias=c.norm_bias, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    self.attention_norm = norm()
+    self.attention = MultiHeadAttention(
         num_heads=c.num_heads, head_dim=c.dh, num_kv_heads=c.num_kv_heads,
         qkv_bias=c.qkv_bias, out_bias=c.out_bias,
         position=c.position if c.position in ("rope", "relative", "alibi") else "none",
         rope_theta=c.rope_theta, rope_fraction=c.rope_fraction, alibi_bias_max=c.alibi_bias_max,
-        clip_qkv=c.clip_qkv, dtype=self.dtype, param_dtype=self.param_dtype, name="attention")(
-            hn, hn, mask, q_positions, kv_positions, cache, cache_index)
-    mlp = Mlp(c.mlp_dim, c.activation, c.gated_mlp, c.mlp_bias, self.dtype, self.param_dtype,
-              name="mlp")
-    if c.parallel_residual:
-      x = x + h + mlp(norm("mlp_norm")(x))
+        clip_qkv=c.clip_qkv, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.mlp_norm = norm()
+    self.mlp = Mlp(c.mlp_dim, c.activation, c.gated_mlp, c.mlp_bias, self.dtype, self.param_dtype)
+
+  def __call__(self, x, positions, mask):
+    """positions: [B, L]; mask: bool [B, 1, L, L]."""
+    h = self.attention_norm(x)
+    return self._residual(x, self.attention(h, h, mask, positions, positions))
+
+  def extend(self, x, q_positions, kv_positions, mask, cache: KVCache, cache_index):
+    """x: the new tokens [B, L, D] written at slots cache_index... of `cache`; q_positions
+    [B, L], kv_positions [B, S], mask bool [B, 1, L, S] (see MultiHeadAttention.extend).
+    Returns (x, the updated cache)."""
+    h, cache = self.attention.extend(self.attention_norm(x), mask, q_positions, kv_positions,
+                                     cache, cache_index)
+    return self._residual(x, h), cache
+
+  def _residual(self, x, attended):
+    """x plus the attention output and the MLP's, in sequence or in parallel."""
+    if self.config.parallel_residual:
+      x = x + attended + self.mlp(self.mlp_norm(x))
     else:
-      x = x + h
-      x = x + mlp(norm("mlp_norm")(x))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+      x = x + attended
+      x = x + self.mlp(self.mlp_norm(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class DecoderLM(nn.Module):
@@ -184,15 +201,21 @@ class DecoderLM(nn.Module):
       x = x + self.position_embedder(jnp.clip(positions, 0, c.max_length - 1))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-  def blocks(self, layers, x, q_positions, kv_positions, mask, state: DecodeState | None = None):
-    """Runs the blocks `layers` (indices, in order) over x [B, L, D].
+  def blocks(self, layers, x, positions, mask):
+    """Runs the blocks `layers` (indices, in order) over a whole sequence x [B, L, D];
+    positions: [B, L]; mask: bool [B, 1, L, L] (`attention_mask`)."""
+    for i in layers:
+      x = self.layers[i](x, positions, mask)
+    return x
 
-    Returns x and {layer index: its advanced KVCache} (None values without a state).
-    """
+  def extend_blocks(self, layers, x, q_positions, kv_positions, mask, state: DecodeState):
+    """Runs the blocks `layers` over new tokens x [B, L, D] with the caches of `state`;
+    kv_positions, mask: from `cache_positions`. Returns x and {layer index: its updated
+    KVCache}."""
     caches = {}
     for i in layers:
-      cache, index = (None, None) if state is None else (state.caches[i], state.index)
-      x, caches[i] = self.layers[i](x, q_positions, kv_positions, mask, cache, index)
+      x, caches[i] = self.layers[i].extend(x, q_positions, kv_positions, mask, state.caches[i],
+                                           state.index)
     return x, caches
 
   def head(self, x):
@@ -208,21 +231,28 @@ class DecoderLM(nn.Module):
       logits = jnp.concatenate([logits, x @ jnp.asarray(extra, self.dtype)], axis=-1)
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
-  def __call__(self, tokens, positions=None, state: DecodeState | None = None,
-               last_only: bool = False):
-    """Returns logits [B, L, V] ([B, 1, V] of the last position when `last_only`, as reading a
-    prompt needs), and the advanced DecodeState when one is given.
+  def __call__(self, tokens, positions=None):
+    """tokens [B, L] int32 -> logits [B, L, V] float32.
 
     positions: [B, L] int32, default 0..L-1; -1 marks padding that no token attends to.
     """
     chex.assert_rank(tokens, 2)
     positions = default_positions(tokens) if positions is None else positions
-    q_pos, kv_pos, mask = attention_positions(positions, state)
     x = self.embed(tokens, positions)
-    x, caches = self.blocks(range(self.config.num_layers), x, q_pos, kv_pos, mask, state)
+    x = self.blocks(range(self.config.num_layers), x, positions,
+                    attention_mask(positions, positions))
+    return self.head(x)
+
+  def extend(self, tokens, positions, state: DecodeState, last_only: bool = False):
+    """Continues the decoding `state` with tokens [B, L] at positions [B, L]: (logits [B, L, V],
+    or [B, 1, V] of the last position when `last_only`, as reading a prompt needs; the
+    advanced state)."""
+    chex.assert_rank(tokens, 2)
+    kv_pos, mask = cache_positions(positions, state)
+    x = self.embed(tokens, positions)
+    x, caches = self.extend_blocks(range(self.config.num_layers), x, positions, kv_pos, mask,
+                                   state)
     logits = self.head(x[:, -1:] if last_only else x)
-    if state is None:
-      return logits
     return logits, advance(state, caches, kv_pos, tokens.shape[1])
 
 
@@ -230,12 +260,11 @@ def default_positions(tokens):
   return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
-def attention_positions(positions, state: DecodeState | None):
-  """(query positions, key positions, mask) for a call with or without a decode state."""
-  if state is None:
-    return positions, positions, attention_mask(positions, positions)
+def cache_positions(positions, state: DecodeState):
+  """(key positions [B, S], mask bool [B, 1, L, S]) of new tokens at positions [B, L] written
+  at the state's next free slot."""
   kv_pos = jax.lax.dynamic_update_slice_in_dim(state.key_positions, positions, state.index, 1)
-  return positions, kv_pos, attention_mask(positions, kv_pos)
+  return kv_pos, attention_mask(positions, kv_pos)
 
 
 def advance(state: DecodeState, caches: dict, kv_pos, length: int) -> DecodeState:

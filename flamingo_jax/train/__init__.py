@@ -1,1 +1,3 @@
-"""Training: objective, optimiser and the train step over trainable parameters only."""
+"""Training: the objective, optimiser and train step over trainable parameters only, and every
+training loop on one skeleton (loop.py): the Flamingo trainer, and the LM and contrastive
+pretraining of the towers it freezes."""

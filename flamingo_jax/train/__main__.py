@@ -5,7 +5,13 @@ multi-host TPU slice, run the same command on every host with `--multihost`. Rer
 same workdir resumes from its latest checkpoint.
 """
 
-from absl import app, flags
+import pathlib
+
+from flamingo_jax import console  # pylint: disable=g-bad-import-order
+if __name__ == "__main__":
+  console.capture()  # Before the imports below load TensorFlow and the backends.
+
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax
 from ml_collections import config_flags
 
@@ -18,6 +24,13 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def log_path() -> pathlib.Path:
+  """The workdir's train.log; a bucket's workdir (gs://) is no local path: then a temp file."""
+  if "://" in FLAGS.workdir:
+    return console.temporary_log("train")
+  return pathlib.Path(FLAGS.workdir) / "train.log"
+
+
 def main(argv):
   del argv
   if FLAGS.multihost:
@@ -26,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main, log_path)

@@ -12,14 +12,17 @@ shardings training would give them. Needs `pip install "jax[tpu]"` at the instal
 import os
 import time
 
-from absl import app, flags
+from flamingo_jax import console  # pylint: disable=g-bad-import-order
+if __name__ == "__main__":
+  console.capture()  # Before the imports below load TensorFlow and the backends.
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
 from jax.experimental import topologies
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
-from flamingo_jax import model_factory
 from flamingo_jax.flamingo import trainable as trainable_lib
 from flamingo_jax.train import partitioning, trainer as trainer_lib
 
@@ -56,8 +59,7 @@ def abstract_batches(config: ml_collections.ConfigDict, trainer) -> dict:
 def compile_step(config: ml_collections.ConfigDict, devices):
   """(trainer, compiled step, FLOPs, seconds to compile) on `devices` (a topology's)."""
   trainer = trainer_lib.Trainer(config, devices)
-  abstract = model_factory.abstract_params(trainer.model, config)
-  _, frozen = trainable_lib.split(abstract, config.model.trainable)
+  _, frozen = trainable_lib.split(trainer.abstract_params, config.model.trainable)
   dtype = jnp.dtype(config.train.frozen_dtype)
   frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s),
                         frozen, trainer.frozen_shardings)
@@ -75,8 +77,7 @@ def report(config: ml_collections.ConfigDict, topology: str) -> str:
               - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   kind = devices[0].device_kind
   hbm = HBM_BYTES.get(kind)
-  params = sum(x.size for x in jax.tree.leaves(model_factory.abstract_params(trainer.model,
-                                                                              config)))
+  params = sum(x.size for x in jax.tree.leaves(trainer.abstract_params))
   tokens = sum(t.batch_size * t.max_length for t in config.data.tasks.values())
   gib = lambda b: f"{b / 2**30:.2f} GiB"
   lines = [
@@ -102,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main, lambda: console.temporary_log("aot"))

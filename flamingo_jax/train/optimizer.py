@@ -1,7 +1,8 @@
 """The paper's optimiser (appendix B.1.2): AdamW, global-norm clipping at 1.0, weight decay 0.1
 except on the resampler, learning rate warmed up linearly from 0 to 1e-4 over 5,000 steps and
-then constant (`decay` "cosine" or "linear" decays it instead, to `final_fraction` of the peak
-over `decay_steps`). It only ever sees the trainable parameters."""
+then constant (flamingo_jax.configs.base.optimizer_config; `decay` "cosine" or "linear" decays
+it instead, to `final_fraction` of the peak over `decay_steps`). It only ever sees the trainable
+parameters."""
 
 import re
 
@@ -9,12 +10,6 @@ from flax import traverse_util
 import ml_collections
 import optax
 
-
-def default_optimizer_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      learning_rate=1e-4, warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
-      clip_norm=1.0, no_decay=(r"^resampler/",), decay="constant", decay_steps=0,
-      final_fraction=0.0))
 
 
 def decay_mask(params, no_decay_patterns):

@@ -35,14 +35,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tqdm
 
-from flamingo_jax import model_factory
+from flamingo_jax.flamingo import factory
 from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import mixtures
 from flamingo_jax.flamingo import trainable as trainable_lib
 from flamingo_jax.flamingo.scan import stack_layers
-from flamingo_jax.train import checkpointing, optimizer, partitioning
+from flamingo_jax.train import checkpointing, loop, optimizer, partitioning
 from flamingo_jax.train import flops as flops_lib
 from flamingo_jax.train import step as step_lib
 
@@ -84,17 +83,22 @@ class Trainer:
     self.config = config
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.rules = partitioning.rules(config)
-    self.model = model_factory.build_model(config)
+    self.model = factory.build_model(config)
     self.tx = optimizer.make_optimizer(config.train.optimizer)
     self.schedule = optimizer.learning_rate_schedule(config.train.optimizer)
     patterns = config.model.trainable
-    axes = model_factory.logical_axes(self.model, config)
-    abstract = model_factory.abstract_params(self.model, config)
-    shardings = partitioning.shardings(axes, abstract, self.mesh, self.rules)
-    self.param_shardings = shardings
-    self.train_shardings, self.frozen_shardings = trainable_lib.split(shardings, patterns)
-    abstract_train, _ = trainable_lib.split(abstract, patterns)
-    abstract_opt = jax.eval_shape(self.tx.init, abstract_train)
+
+    def init(rng):  # Only traced: the parameters (boxed with their axes) and optimiser state.
+      boxed = self.model.init(rng, *factory.example_inputs(config))["params"]
+      train, _ = trainable_lib.split(nn.meta.unbox(boxed), patterns)
+      return boxed, self.tx.init(train)
+    boxed, abstract_opt = jax.eval_shape(init, jax.random.key(0))
+    self.abstract_params = nn.meta.unbox(boxed)
+    self.param_shardings = partitioning.shardings(nn.get_partition_spec(boxed),
+                                                  self.abstract_params, self.mesh, self.rules)
+    self.train_shardings, self.frozen_shardings = trainable_lib.split(self.param_shardings,
+                                                                      patterns)
+    abstract_train, _ = trainable_lib.split(self.abstract_params, patterns)
     self.state_shardings = step_lib.TrainState(
         step=partitioning.replicated(self.mesh), params=self.train_shardings,
         opt_state=partitioning.opt_state_shardings(self.tx, abstract_opt, self.train_shardings,
@@ -116,15 +120,13 @@ class Trainer:
     config, source = self.config, self.config.train.frozen
     if source.source == "init":
       with self.context():
-        params = jax.jit(lambda key: model_factory.init_params(self.model, config, key),
+        params = jax.jit(lambda key: factory.init_params(self.model, config, key),
                          out_shardings=self.param_shardings)(jax.random.key(config.seed))
     elif source.source == "checkpoint":
       # Stored unscanned: restore sharded in that layout, then stack on the devices.
-      flat = model_factory.unscanned(config)
-      flat_model = model_factory.build_model(flat)
-      abstract = model_factory.abstract_params(flat_model, flat)
-      shardings = partitioning.shardings(model_factory.logical_axes(flat_model, flat), abstract,
-                                         self.mesh, self.rules)
+      flat = factory.unscanned(config)
+      abstract, axes = factory.abstract_params_and_axes(factory.build_model(flat), flat)
+      shardings = partitioning.shardings(axes, abstract, self.mesh, self.rules)
       params = orbax_io.restore_unscanned(source.path, jax.tree.map(
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings))
       with self.context():
@@ -167,7 +169,7 @@ class Trainer:
     the recomputation, as MFU counts it."""
     config = self.config.copy_and_resolve_references()
     config.model.remat = "none"
-    model = model_factory.build_model(config)
+    model = factory.build_model(config)
     return flops_lib.count(
         lambda s, f, b: step_lib.train_step(model, self.tx, s, f, b, config.train.microbatches),
         state, frozen, batches)
@@ -196,41 +198,46 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list
 
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  history, first = [], int(jax.device_get(state.step))
+  first = int(jax.device_get(state.step))
   peak = PEAK_FLOPS.get(jax.devices()[0].device_kind)
-  progress = tqdm.tqdm(total=config.train.num_steps, initial=first, disable=not is_chief,
-                       desc="train", dynamic_ncols=True)
   last_time, last_step = time.perf_counter(), first
-  for step in range(first, config.train.num_steps):
-    batches = partitioning.global_batch(next(iterator), trainer.mesh, trainer.rules)
-    executable, flops = trainer.compiled_step(state, frozen, batches)
-    state, metrics = executable(state, frozen, batches)
-    done = step + 1
-    progress.update(1)
-    if done % config.train.log_every == 0 or done == config.train.num_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      now = time.perf_counter()
-      seconds = (now - last_time) / (done - last_step)
-      last_time, last_step = now, done
-      metrics.update(learning_rate=float(trainer.schedule(step)), step_seconds=seconds,
-                     tokens_per_second=step_tokens(batches) / seconds,
-                     **gate_values(state.params))
-      if peak:
-        metrics["mfu"] = flops / seconds / peak
-      writer.write_scalars(done, metrics)
-      progress.set_postfix(loss=f"{metrics['loss']:.4f}")
-      history.append({"step": done, **metrics})
-      if is_chief:
-        # gfile: a pod's workdir is a gs:// bucket.
-        with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-          f.write(json.dumps(history[-1]) + "\n")
+
+  def step(state, batches, _):
+    executable, _ = trainer.compiled_step(state, frozen, batches)
+    return executable(state, frozen, batches)
+
+  def throughput(done, state, batches):
+    """The learning rate, the speed since the last log, the MFU and the gates."""
+    nonlocal last_time, last_step
+    now = time.perf_counter()
+    seconds = (now - last_time) / (done - last_step)
+    last_time, last_step = now, done
+    metrics = dict(learning_rate=float(trainer.schedule(done - 1)), step_seconds=seconds,
+                   tokens_per_second=step_tokens(batches) / seconds,
+                   **gate_values(state.params))
+    if peak:
+      _, flops = trainer.compiled_step(state, frozen, batches)  # Compiled: this step's.
+      metrics["mfu"] = flops / seconds / peak
+    return metrics
+
+  def append_jsonl(done, metrics):
+    if is_chief:
+      # gfile: a pod's workdir is a gs:// bucket.
+      with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": done, **metrics}) + "\n")
+
+  def checkpoint(done, state) -> bool:
     stop = preemption.requested.is_set()
     checkpointing.save(checkpoints, done, state, iterator, config, frozen_fingerprint,
                        force=stop or done == config.train.num_steps)
     if stop:
       logging.warning("SIGTERM: saved step %d, stopping", done)
-      break
-  progress.close()
+    return stop
+
+  batches = (partitioning.global_batch(b, trainer.mesh, trainer.rules) for b in iterator)
+  _, history = loop.run(step, state, batches, config.train.num_steps, config.train.log_every,
+                        desc="train", first_step=first, extra_metrics=throughput,
+                        on_log=(writer.write_scalars, append_jsonl), after_step=checkpoint)
   checkpoints.wait_until_finished()
   checkpoints.close()
   writer.flush()

@@ -1,6 +1,6 @@
-"""Contrastive pretraining of a vision tower on image-text pairs (the paper's appendix B.1.3,
-after ALIGN and CLIP), so that a Flamingo can freeze a tower that already knows what its
-pictures show.
+"""The model and loss of a vision tower's contrastive pretraining on image-text pairs (the
+paper's appendix B.1.3, after ALIGN and CLIP), so that a Flamingo can freeze a tower that
+already knows what its pictures show; flamingo_jax.train.contrastive trains them.
 
 A `DualEncoder` pairs the vision tower of a Flamingo config with a small causal text
 transformer (the LM's own blocks, read out at the last text token as CLIP's text tower is);
@@ -18,9 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
-from flamingo_jax.data import mixtures
 from flamingo_jax.lm import LMConfig
 from flamingo_jax.lm.model import DecoderLM, attention_mask
 from flamingo_jax.vision import make_vision_encoder
@@ -64,8 +62,8 @@ class DualEncoder(nn.Module):
     valid = tokens != 0
     positions = jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, -1).astype(jnp.int32)
     x = self.text_encoder.embed(tokens, positions)
-    x, _ = self.text_encoder.blocks(range(self.text.num_layers), x, positions, positions,
-                                    attention_mask(positions, positions))
+    x = self.text_encoder.blocks(range(self.text.num_layers), x, positions,
+                                 attention_mask(positions, positions))
     last = jnp.argmax(positions, axis=1)
     x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
     return _unit(self.text_projection(self.text_norm(x)))
@@ -91,55 +89,3 @@ def contrastive_loss(image_embeddings, text_embeddings, log_scale):
   accuracy = jnp.mean(jnp.argmax(logits, axis=1) == labels)
   return image_to_text + text_to_image, accuracy
 
-
-def train(config: ml_collections.ConfigDict, progress=None):
-  """Pretrains the dual encoder of `config.model.vision` on `config.data`'s pair task named
-  `config.contrastive.task`; returns (params, history [{step, loss, accuracy}]).
-
-  config.contrastive: task, num_steps, batch_size, learning_rate, warmup_steps, log_every,
-  embed_dim, text {width, depth, num_heads, max_length}.
-  """
-  c = config.contrastive
-  data_config = config.copy_and_resolve_references()
-  task = dict(data_config.data.tasks[c.task])
-  data_config.data.tasks = {c.task: task | dict(batch_size=c.batch_size, weight=1.0)}
-  data_config.data.strategy = "accumulate"
-  iterator = mixtures.make_iterator(data_config)
-  vocab_size = config.model.lm.vocab_size
-  encoder = DualEncoder(config.model.vision, text_lm_config(vocab_size, **c.text), c.embed_dim)
-
-  def text_tokens(tokens):  # `<image>`, `<EOC>` (ids past the vocabulary) -> padding.
-    return jnp.where(tokens < vocab_size, tokens, 0)
-
-  def images_of(batch):  # [B, 1, 1, S, S, 3] -> [B, S, S, 3]: a pair's one image.
-    return batch["images"][:, 0, 0]
-
-  first = next(iterator)[c.task]
-  params = nn.unbox(jax.jit(encoder.init)(jax.random.key(config.seed), images_of(first),
-                                          text_tokens(first["tokens"]))["params"])
-  schedule = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, c.warmup_steps,
-                                                c.num_steps)
-  tx = optax.adamw(schedule, weight_decay=0.1)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, images, tokens):
-    def loss_fn(p):
-      return contrastive_loss(*encoder.apply({"params": p}, images, tokens))
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, accuracy
-
-  history = []
-  for i in range(c.num_steps):
-    batch = first if i == 0 else next(iterator)[c.task]
-    params, opt_state, loss, accuracy = step(params, opt_state, images_of(batch),
-                                             text_tokens(batch["tokens"]))
-    if progress is not None:
-      progress.update(1)
-    if (i + 1) % c.log_every == 0 or i + 1 == c.num_steps:
-      history.append({"step": i + 1, "loss": float(loss), "accuracy": float(accuracy)})
-      if progress is not None:
-        progress.set_postfix(loss=f"{history[-1]['loss']:.3f}",
-                             accuracy=f"{history[-1]['accuracy']:.2f}")
-  return params, history

@@ -20,11 +20,6 @@ import jax.numpy as jnp
 
 from flamingo_jax.layers.mlp import dense
 
-# EfficientNet-B0's seven stages (the paper's table 1), which Lite0 keeps unscaled.
-LITE0 = dict(repeats=(1, 2, 2, 3, 3, 4, 1), widths=(16, 24, 40, 80, 112, 192, 320),
-             kernels=(3, 3, 5, 3, 5, 5, 3), strides=(1, 2, 2, 2, 1, 2, 1),
-             expand_ratios=(1, 6, 6, 6, 6, 6, 6))
-
 
 def conv(features: int, kernel: int, stride: int = 1, groups: int = 1, **kw) -> nn.Conv:
   """A bias-free conv (BatchNorm follows every one) with TensorFlow "SAME" padding."""
@@ -88,7 +83,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-  """EfficientNet-Lite with the given stages (LITE0 for Lite0), up to its head conv.
+  """EfficientNet-Lite with the given stages (configs.base.LITE0 for Lite0), up to its head conv.
 
   __call__(images [N, H, W, 3]) -> tokens [N, ceil(H/32) * ceil(W/32), head_width];
   with classify=True -> logits [N, num_classes] float32 of the mean-pooled grid (dropout is

@@ -33,8 +33,8 @@ class EncoderBlock(nn.Module):
     norm = functools.partial(make_norm, "layer", eps=self.norm_eps, **kw)
     _, s, d = x.shape
     h = norm(name="norm1")(x)
-    h, _ = MultiHeadAttention(self.num_heads, d // self.num_heads, qkv_bias=True, out_bias=True,
-                              name="attn", **kw)(h, h, jnp.ones((1, 1, s, s), bool))
+    h = MultiHeadAttention(self.num_heads, d // self.num_heads, qkv_bias=True, out_bias=True,
+                           name="attn", **kw)(h, h, jnp.ones((1, 1, s, s), bool))
     x = x + h
     x = x + Mlp(self.mlp_dim, self.activation, use_bias=True, name="mlp", **kw)(
         norm(name="norm2")(x))

@@ -34,16 +34,12 @@ def init_params(model: Flamingo, config: ml_collections.ConfigDict, rng: jax.Arr
   return nn.meta.unbox(variables["params"])
 
 
-def abstract_params(model: Flamingo, config: ml_collections.ConfigDict):
-  """Shapes and dtypes of the parameters, without allocating them (jax.eval_shape)."""
-  variables = jax.eval_shape(model.init, jax.random.key(0), *example_inputs(config))
-  return nn.meta.unbox(variables["params"])
-
-
-def logical_axes(model: Flamingo, config: ml_collections.ConfigDict):
-  """The logical axis names of every parameter, as a tree of PartitionSpecs."""
-  variables = jax.eval_shape(model.init, jax.random.key(0), *example_inputs(config))
-  return nn.get_partition_spec(variables["params"])
+def abstract_params_and_axes(model: Flamingo, config: ml_collections.ConfigDict):
+  """(shapes, logical axes) of the parameters, from one trace of `model.init` (jax.eval_shape:
+  nothing is allocated): trees like the params of ShapeDtypeStructs and of PartitionSpecs of
+  logical axis names."""
+  boxed = jax.eval_shape(model.init, jax.random.key(0), *example_inputs(config))["params"]
+  return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
 
 
 def create(config: ml_collections.ConfigDict, rng: jax.Array):

@@ -11,7 +11,7 @@ blocks (1.4B parameters against the paper's stated 1.6B).
 
 import ml_collections
 
-from flamingo_jax.config import chinchilla_lm, paper_config
+from flamingo_jax.configs.base import chinchilla_lm, paper_config
 
 
 def get_config() -> ml_collections.ConfigDict:

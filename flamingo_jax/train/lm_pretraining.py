@@ -3,13 +3,12 @@ embedded demo's stage 2). Language models are pretrained on text alone, so the b
 pixels are dropped; the `<image>` and `<EOC>` tokens stay, so the LM learns where documents
 break for media before it ever sees one.
 
-    params, history = pretrain.train(config)   # config.lm_pretraining, config.data
-    flamingo_params["lm"] = params              # the `lm` subtree of a Flamingo
+    params, history = lm_pretraining.train(config)   # config.lm_pretraining, config.data
+    flamingo_params["lm"] = params                     # the `lm` subtree of a Flamingo
 
-Few-shot learning rests on the LM's induction heads (Olsson et al. 2022: "... A B ... A" -> B),
-which a large LM forms from the repetitions of web text. A small LM trained for minutes on
-short synthetic documents forms none, so `lm_pretraining.induction` adds to every step a batch
-of random token spans, each repeated once: only induction predicts the repeat.
+`lm_pretraining.induction` adds to every step a batch of repeated random spans
+(flamingo_jax.lm.induction), from which the small LM forms the induction heads that few-shot
+learning copies with.
 """
 
 import flax.linen as nn
@@ -20,25 +19,20 @@ import optax
 
 from flamingo_jax.data import mixtures
 from flamingo_jax.flamingo.model import lm_config
+from flamingo_jax.lm.induction import repeated_spans
 from flamingo_jax.lm.model import DecoderLM
+from flamingo_jax.train import loop
 from flamingo_jax.train import optimizer as optimizer_lib
 from flamingo_jax.train.step import weighted_loss
 
 
-def repeated_spans(rng: jax.Array, batch_size: int, span: int, vocab_size: int,
-                   weight: float = 1.0) -> dict:
-  """A batch of `batch_size` random token spans of length `span`, each followed by itself,
-  as `data.mixtures` lays a task's batch out: tokens and targets [B, 2 * span - 1]. The loss
-  is on the repeat's tokens after its first, which copying predicts and nothing else does."""
-  spans = jax.random.randint(rng, (batch_size, span), 0, vocab_size, jnp.int32)
-  sequence = jnp.concatenate([spans, spans], axis=1)
-  weights = (jnp.arange(2 * span - 1) >= span).astype(jnp.float32)
-  return {"tokens": sequence[:, :-1], "targets": sequence[:, 1:],
-          "weights": jnp.broadcast_to(weights, (batch_size, 2 * span - 1)),
-          "loss_weight": jnp.float32(weight)}
+def text_only(batches: dict) -> dict:
+  """A mixture step's batches ({task: batch}) without their pixels."""
+  return {task: {k: v for k, v in batch.items() if k != "images"}
+          for task, batch in batches.items()}
 
 
-def train(config: ml_collections.ConfigDict, progress=None):
+def train(config: ml_collections.ConfigDict):
   """Trains `config.model`'s LM from `config.seed` on `config.data`'s mixture for
   `config.lm_pretraining.num_steps` with its optimiser section (as `train.optimizer`), plus
   `lm_pretraining.induction` ({batch_size, span, weight}) repeated random spans a step when
@@ -56,10 +50,10 @@ def train(config: ml_collections.ConfigDict, progress=None):
   tx = optimizer_lib.make_optimizer(c.optimizer)
   params = nn.unbox(jax.jit(lm.init)(jax.random.key(config.seed),
                                      jnp.zeros((1, 8), jnp.int32))["params"])
-  opt_state = tx.init(params)
 
   @jax.jit
-  def step(params, opt_state, batches, rng):
+  def update(state, batches, rng):
+    params, opt_state = state
     if induction:
       batches = dict(batches, induction=repeated_spans(
           rng, induction.batch_size, induction.span, model_config.vocab_size, induction.weight))
@@ -67,18 +61,11 @@ def train(config: ml_collections.ConfigDict, progress=None):
     (loss, per_task), grads = jax.value_and_grad(lambda p: weighted_loss(
         lambda batch: lm.apply({"params": p}, batch["tokens"]), batches), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, {"loss": loss, **per_task}
+    return (optax.apply_updates(params, updates), opt_state), {"loss": loss, **per_task}
 
-  history = []
-  for i in range(c.num_steps):
-    batches = {key: {k: v for k, v in batch.items() if k != "images"}
-               for key, batch in next(iterator).items()}
-    rng = jax.random.fold_in(jax.random.key(config.seed), i)
-    params, opt_state, metrics = step(params, opt_state, batches, rng)
-    if progress is not None:
-      progress.update(1)
-    if (i + 1) % c.log_every == 0 or i + 1 == c.num_steps:
-      history.append({"step": i + 1, **{k: float(v) for k, v in metrics.items()}})
-      if progress is not None:
-        progress.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+  def step(state, batches, i):
+    return update(state, batches, jax.random.fold_in(jax.random.key(config.seed), i))
+
+  (params, _), history = loop.run(step, (params, tx.init(params)), map(text_only, iterator),
+                                  c.num_steps, c.log_every, desc="lm")
   return params, history

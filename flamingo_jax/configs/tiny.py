@@ -4,7 +4,7 @@ tasks in the paper's accumulate mixture. For tests and smoke runs; its weights a
 
 import ml_collections
 
-from flamingo_jax.config import model_config, training_sections
+from flamingo_jax.configs.base import model_config, training_sections
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ NFNet-F6 at 320 px. The paper's total: 80B parameters."""
 
 import ml_collections
 
-from flamingo_jax.config import chinchilla_lm, paper_config
+from flamingo_jax.configs.base import chinchilla_lm, paper_config
 
 
 def get_config() -> ml_collections.ConfigDict:

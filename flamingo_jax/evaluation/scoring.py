@@ -1,0 +1,40 @@
+"""Close-ended evaluation (classification): the log-likelihood of every class name, then `<EOC>`,
+after each prompt; the benchmark says how a query's scores become its prediction
+(`Benchmark.prediction`: the best class, or a score of the positive one)."""
+
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from flamingo_jax.decode import candidate_log_likelihoods, right_pad
+from flamingo_jax.evaluation import prompts
+
+
+def class_log_likelihoods(model, params, images, tokens, positions, classes, format_,
+                          vocabulary, chunk: int) -> np.ndarray:
+  """[B, num classes]: log p(class name, then `<EOC>` | prompt), `chunk` names per call (the
+  last chunk padded to the same shape)."""
+  candidates = [prompts.answer_tokens(format_, c, vocabulary) for c in classes]
+  width = max(map(len, candidates))
+  scores = []
+  for start in range(0, len(candidates), chunk):
+    part = candidates[start:start + chunk]
+    tokens_c, mask = right_pad(part + [part[-1]] * (min(chunk, len(candidates)) - len(part)))
+    tokens_c = np.pad(tokens_c, ((0, 0), (0, width - tokens_c.shape[1])))
+    mask = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
+    scores.append(np.asarray(candidate_log_likelihoods(
+        model, params, images, jnp.asarray(tokens), jnp.asarray(tokens_c), jnp.asarray(mask),
+        jnp.asarray(positions)))[:, :len(part)])
+  return np.concatenate(scores, axis=1)
+
+
+def classify(model, params, images, tokens, positions, *, classes: tuple[str, ...],
+             format_: prompts.Format, vocabulary: seqio.Vocabulary, chunk: int,
+             prediction: Callable[[np.ndarray], Any]) -> list:
+  """images float32 [B, M, T, S, S, 3], left-padded prompts tokens / positions int32 [B, L] ->
+  the B predictions, `prediction` of each prompt's class log-likelihoods."""
+  scores = class_log_likelihoods(model, params, jnp.asarray(images), tokens, positions, classes,
+                                 format_, vocabulary, chunk)
+  return [prediction(row) for row in scores]
