@@ -19,6 +19,7 @@ there. With `--verbose` both go to the console instead, the captured lines first
 function (tests call `main`), a command line changes nothing of the process's streams.
 """
 
+import atexit
 import logging
 import os
 import pathlib
@@ -36,8 +37,9 @@ _captured: dict = {}  # The console's file descriptor and the capture file, once
 
 
 def capture() -> None:
-  """From now on, native writes to stderr go to a temporary file; `sys.stderr` keeps the
-  console. Idempotent."""
+  """From now on, native writes to stderr, Python log records and warnings go to a temporary
+  file; `sys.stderr` keeps the console. Idempotent. Should the command line stop before its
+  logs have a place (`--help`, a bad flag: nothing of theirs matters then), the file goes."""
   if _captured:
     return
   sys.stderr.flush()
@@ -46,8 +48,14 @@ def capture() -> None:
   os.dup2(fd, 2)
   os.close(fd)
   # Python's stderr writes to the console's descriptor, line-buffered as a terminal's is.
-  sys.stderr = os.fdopen(console, "w", buffering=1, closefd=False)
-  _captured.update(console=console, path=pathlib.Path(path))
+  sys.stderr = os.fdopen(console, "w", buffering=1, errors="backslashreplace", closefd=False)
+  # Until `_start`, Python's records (import-time warnings) join the native lines, through the
+  # same descriptor so that neither overwrites the other.
+  handler = logging.StreamHandler(os.fdopen(2, "w", buffering=1, closefd=False))
+  logging.getLogger().addHandler(handler)
+  logging.captureWarnings(True)
+  _captured.update(console=console, path=pathlib.Path(path), handler=handler)
+  atexit.register(_captured["path"].unlink, missing_ok=True)
 
 
 def verbose() -> bool:
@@ -60,7 +68,7 @@ def _start(log_path: pathlib.Path) -> None:
   to the console."""
   root = logging.getLogger()
   root.removeHandler(absl_logging.get_absl_handler())
-  logging.captureWarnings(True)
+  root.removeHandler(_captured["handler"])
   if verbose():
     sys.stderr.write(_captured["path"].read_text())
     os.dup2(_captured["console"], 2)
@@ -76,17 +84,24 @@ def _start(log_path: pathlib.Path) -> None:
   _captured["path"].unlink()
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   root.addHandler(handler)
-  absl_logging.set_verbosity(absl_logging.INFO)
+  if not flags.FLAGS["verbosity"].present:  # absl's -v / --verbosity, when given, decides.
+    absl_logging.set_verbosity(absl_logging.INFO)
 
 
 def run(main: Callable[[list[str]], None], log_path: Callable[[], pathlib.Path]) -> None:
   """absl's `app.run(main)`, the libraries' logs routed to `log_path()` (read once the flags
-  are parsed) from before `main` starts."""
+  are parsed) from before `main` starts; should `main` fail, the console says where they are."""
   capture()
 
   def logged_main(argv):
-    _start(pathlib.Path(log_path()))
-    return main(argv)
+    path = pathlib.Path(log_path())
+    _start(path)
+    try:
+      return main(argv)
+    except Exception:
+      if not verbose():
+        print(f"The libraries' logs: {path}", file=sys.stderr)
+      raise
 
   app.run(logged_main)
 

@@ -20,7 +20,6 @@ directory, so a second run skips what is done (and an interrupted training resum
 """
 
 import json
-import os
 import pathlib
 import time
 
@@ -34,6 +33,7 @@ from ml_collections import config_flags
 import orbax.checkpoint as ocp
 import tqdm
 
+from flamingo_jax import configs
 from flamingo_jax.checkpoints import lm_sources, orbax_io
 from flamingo_jax.data import synthetic
 from flamingo_jax.data import tokenizer
@@ -42,7 +42,8 @@ from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
 from flamingo_jax.flamingo.factory import create
 from flamingo_jax.train import contrastive, lm_pretraining, trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(configs.CONFIG_DIR / "demo.py"), "Demo config file (default: the package's).")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where every stage leaves its results.")
 
 BENCHMARK_METRICS = {"synthetic_caption": "CIDEr", "synthetic_vqa": "accuracy",

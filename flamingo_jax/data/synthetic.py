@@ -52,7 +52,6 @@ POSITION_PHRASES = {
 NUMBER_WORDS = ("no", "a", "two", "three", "four")  # Indexed by count.
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 KINDS = {"pairs": 0, "vqa": 1, "interleaved": 2, "binding": 3}
-DEFAULT_SPLIT_SIZES = {"train": 100_000, "validation": 1_000}
 MAX_OBJECTS = 4
 MAX_DOCUMENT_IMAGES = 5  # The paper keeps the first 5 images of an M3W document.
 
@@ -422,14 +421,15 @@ TASK_KINDS = {"pairs": "pair", "vqa": "pair", "interleaved": "interleaved",
               "binding": "interleaved"}
 
 
-def register_synthetic_tasks(vocabulary: seqio.Vocabulary, image_size: int = 32, seed: int = 0,
-                             split_sizes: dict[str, int] | None = None, ways: int = 2,
+def register_synthetic_tasks(vocabulary: seqio.Vocabulary, split_sizes: dict[str, int],
+                             image_size: int = 32, seed: int = 0, ways: int = 2,
                              shots: int = 2, name_colours: bool = False,
                              prefix: str = "synthetic",
                              shuffle_buffer_size: int = tasks.SHUFFLE_BUFFER_SIZE) -> list[str]:
   """Registers `{prefix}_pairs`, `_vqa`, `_interleaved` and `_binding` as Tasks of model
-  examples (`tasks.register`) and returns their names. Registering again replaces them."""
-  split_sizes = tuple(sorted((split_sizes or DEFAULT_SPLIT_SIZES).items()))
+  examples (`tasks.register`) and returns their names; split_sizes: {split: examples}, as
+  `data.synthetic.split_sizes` of a config gives them. Registering again replaces them."""
+  split_sizes = tuple(sorted(split_sizes.items()))
   media = preprocess.MediaSpec(image_size=image_size)
   names = []
   for kind, task_kind in TASK_KINDS.items():

@@ -19,6 +19,8 @@ units of one gated block and `every` LM blocks as one `nn.scan` (see flamingo/sc
 layout and the parameter conversion).
 """
 
+import functools
+
 import chex
 import flax.linen as nn
 import flax.struct
@@ -73,6 +75,11 @@ def gated_block(model_config) -> GatedCrossAttentionBlock:
       kv_norm=x.kv_norm, norm_eps=x.norm_eps, dtype=dtype, param_dtype=param_dtype)
 
 
+
+def take_rows(indices, axis: int):
+  """x -> the rows `indices` of x along `axis`: how a decode state's parts follow its sequences."""
+  return lambda x: jnp.take(x, indices, axis=axis)
+
 @flax.struct.dataclass
 class MediaKV:
   """The gated blocks' keys and values of a prompt's media (`Flamingo.media_kv`), computed once
@@ -94,7 +101,7 @@ class MediaKV:
 
   def take(self, indices) -> "MediaKV":
     """The keys and values of the sequences `indices` ([N] int32 into the batch)."""
-    rows = lambda axis: lambda x: jnp.take(x, indices, axis=axis)
+    rows = functools.partial(take_rows, indices)
     return self.replace(blocks=jax.tree.map(rows(0), self.blocks),
                         scanned=jax.tree.map(rows(1), self.scanned))
 
@@ -131,7 +138,7 @@ class FlamingoDecodeState:
     rows with the same media (the beams of one prompt): with many shots they are most of the
     state, and copying them at every step took nearly half of beam search's decoding time.
     """
-    rows = lambda axis: lambda x: jnp.take(x, indices, axis=axis)
+    rows = functools.partial(take_rows, indices)
     lm = DecodeState(caches=jax.tree.map(rows(0), self.lm.caches),
                      key_positions=rows(0)(self.lm.key_positions), index=self.lm.index)
     return FlamingoDecodeState(lm=lm, scanned=jax.tree.map(rows(1), self.scanned),

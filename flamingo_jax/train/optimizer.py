@@ -11,7 +11,6 @@ import ml_collections
 import optax
 
 
-
 def decay_mask(params, no_decay_patterns):
   """True for the weight matrices and embeddings, which take weight decay; False for norms,
   biases, gates and anything matched by `no_decay_patterns`."""
