@@ -85,3 +85,40 @@ def test_unknown_names_are_rejected_with_the_name(bad):
     mlp.activation(bad)
   with pytest.raises(ValueError, match=bad):
     norms.make_norm(bad, eps=1e-5)
+
+
+def test_bfloat16_attention_scores_are_not_rounded_before_the_softmax():
+  """bfloat16 q and k: the weights equal float32 arithmetic on the same values, which a score
+  rounded to bfloat16 (8 significant bits; logits of ~30 move by ~0.1) would not."""
+  q = (4 * jax.random.normal(jax.random.key(0), (1, 6, 2, 16))).astype(jnp.bfloat16)
+  k = (4 * jax.random.normal(jax.random.key(1), (1, 9, 2, 16))).astype(jnp.bfloat16)
+  mask = jnp.ones((1, 1, 6, 9), bool)
+  weights = attention.attention_weights(q, k, mask)
+  exact = attention.attention_weights(q.astype(jnp.float32), k.astype(jnp.float32), mask)
+  np.testing.assert_allclose(weights, exact, atol=1e-5)
+
+
+def dot_products(jaxpr):
+  """The dot_general equations of a jaxpr and of every jaxpr nested in it (jnp.einsum is jitted)."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from dot_products(sub)
+
+
+def test_bfloat16_relative_position_scores_come_out_in_float32():
+  """Transformer-XL's content and position scores (Lq = 5 queries, S = 7 keys) leave their
+  einsums as float32, not as rounded bfloat16."""
+  layer = attention.MultiHeadAttention(num_heads=2, head_dim=4, position="relative",
+                                       dtype=jnp.bfloat16)
+  q, kv = jnp.ones((1, 5, 8)), jnp.ones((1, 7, 8))
+  q_pos, kv_pos = jnp.arange(5)[None], jnp.arange(7)[None]
+  mask = jnp.ones((1, 1, 5, 7), bool)
+  params = layer.init(jax.random.key(0), q, kv, mask, q_pos, kv_pos)
+  jaxpr = jax.make_jaxpr(lambda p: layer.apply(p, q, kv, mask, q_pos, kv_pos))(params).jaxpr
+  # A score has a query (5) and a key (7) axis, in whatever order the einsum contracts them.
+  scores = [eqn.outvars[0].aval for eqn in dot_products(jaxpr)
+            if {5, 7} <= set(eqn.outvars[0].aval.shape)]
+  assert len(scores) == 2, scores  # (q + u).k and (q + v).W_r r.
+  assert all(aval.dtype == jnp.float32 for aval in scores), scores
