@@ -1,11 +1,14 @@
 """Frozen parameters get no gradient and no optimiser state; the train step learns."""
 
+import re
+
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flamingo_jax.configs import base
-from flamingo_jax.flamingo import trainable
+from flamingo_jax.flamingo import factory, trainable
 from flamingo_jax.train import optimizer, step as step_lib
 
 from test_flamingo import interleaved_batch
@@ -130,6 +133,41 @@ def test_weight_decay_skips_norms_gates_biases_and_the_resampler():
   np.testing.assert_allclose(float(schedule(5000)), 1e-4, rtol=1e-6)  # Peak after warm-up,
   np.testing.assert_allclose(float(schedule(10_000)), 5.5e-5, rtol=1e-5)  # half way down,
   np.testing.assert_allclose(float(schedule(15_000)), 1e-5, rtol=1e-5)  # then the floor.
+
+
+def decayed_by_one_update(config) -> dict:
+  """{trainable path, the gated block's index or scan prefix dropped: {whether the paper's
+  optimiser moved it, for each of its units}} after one update with zero gradients from all-ones
+  parameters: AdamW then moves exactly the parameters it decays."""
+  model = factory.build_model(config)
+  shapes, _ = factory.abstract_params_and_axes(model, config)
+  train, _ = trainable.split(shapes, config.model.trainable)
+  ones = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), train)
+  opt_config = base.optimizer_config()
+  opt_config.warmup_steps = 0
+  tx = optimizer.make_optimizer(opt_config)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, ones), tx.init(ones), ones)
+  moved = {}
+  for path, update in traverse_util.flatten_dict(updates, sep="/").items():
+    name = re.sub(r"^(scanned/gated_xattn|gated_xattn_\d+)/", "gated/", path)
+    units = np.asarray(update).reshape(len(update) if path.startswith("scanned/") else 1, -1)
+    moved.setdefault(name, set()).update(bool(unit.any()) for unit in units != 0)
+  return moved
+
+
+def test_weight_decay_is_the_same_scanned_and_unscanned(tiny_config):
+  """Stacked under scan_layers, a LayerNorm's scale is [U, D]: it is still a norm, and no
+  more decayed than the unscanned [D] one. Kernels and the new token rows are decayed in both
+  layouts; norms, gates and the resampler in neither."""
+  unscanned = decayed_by_one_update(factory.unscanned(tiny_config))
+  stacked = tiny_config.copy_and_resolve_references()
+  stacked.model.scan_layers = True
+  scanned = decayed_by_one_update(stacked)
+  assert scanned == unscanned
+  assert all(len(v) == 1 for v in scanned.values())  # Every unit alike.
+  assert scanned["gated/norm/scale"] == scanned["gated/ffw_gate"] == {False}
+  assert scanned["gated/attention/query/kernel"] == scanned["lm/extra_embedding"] == {True}
+  assert all(v == {False} for k, v in unscanned.items() if k.startswith("resampler/"))
 
 
 def test_microbatches_add_up_to_the_whole_batch(tiny_config, tiny_model):

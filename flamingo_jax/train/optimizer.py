@@ -11,13 +11,22 @@ import ml_collections
 import optax
 
 
+# Parameters that scale, shift or gate activations rather than mix them: norm scales and
+# biases, NFNet's gains, the tanh gates, CLIP's log temperature, a ViT's class token. The rest
+# (kernels, embedding tables, latents, position embeddings) are weights and take decay. By name,
+# so that a stacked [U, D] LayerNorm scale under `scan_layers` is treated as the [D] one it stacks.
+NO_DECAY_NAMES = re.compile(r"(^|/)(scale|bias|gain|skip_gain|log_scale|cls_token|\w+_gate)$")
+
+
 def decay_mask(params, no_decay_patterns):
-  """True for the weight matrices and embeddings, which take weight decay; False for norms,
-  biases, gates and anything matched by `no_decay_patterns`."""
+  """True for the weights (kernels, embeddings, latents), which take weight decay; False for
+  norm scales, biases, gains and gates (`NO_DECAY_NAMES`) and for anything matched by
+  `no_decay_patterns` (the paper: the resampler). The same scanned or unscanned."""
   flat = traverse_util.flatten_dict(params, sep="/")
   return traverse_util.unflatten_dict({
-      path: value.ndim >= 2 and not any(re.search(p, path) for p in no_decay_patterns)
-      for path, value in flat.items()}, sep="/")
+      path: not NO_DECAY_NAMES.search(path) and not any(re.search(p, path)
+                                                         for p in no_decay_patterns)
+      for path in flat}, sep="/")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
