@@ -6,11 +6,14 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+import flamingo_jax
 from flamingo_jax.configs import base
 from flamingo_jax.flamingo import factory, trainable
 from flamingo_jax.train import optimizer, step as step_lib
 
+from conftest import REPO
 from test_flamingo import interleaved_batch
 
 
@@ -99,20 +102,66 @@ def test_train_step_lowers_the_loss(tiny_config, tiny_model):
   assert losses[-1] < 0.8 * losses[0], losses
 
 
+def two_datasets(config):
+  """A mixture step of documents and of the same documents cut short (lambda 1 and 0.2), so
+  that their per-token and per-sequence losses differ."""
+  doc = make_batch(config)
+  short = {**doc, "weights": doc["weights"].at[:, 6:].set(0.0)}
+  return {"doc": {**doc, "loss_weight": jnp.float32(1.0)},
+          "short": {**short, "loss_weight": jnp.float32(0.2)}}
+
+
+def summed_losses(model, params, batches):
+  """{key: (sum of -log p over the dataset's tokens, its tokens, its sequences)}."""
+  out = {}
+  for key, batch in batches.items():
+    logits = model.apply({"params": params}, batch["images"], batch["tokens"])
+    total, count = step_lib.token_loss_sums(logits, batch["targets"], batch["weights"])
+    out[key] = float(total), float(count), batch["tokens"].shape[0]
+  return out
+
+
 def test_mixture_loss_is_the_lambda_weighted_sum_of_per_dataset_means(tiny_config, tiny_model):
   model, params = tiny_model
-  doc = make_batch(tiny_config)
-  # A second dataset: the same documents cut short, so its mean loss differs.
-  short = {**doc, "weights": doc["weights"].at[:, 6:].set(0.0)}
-  losses = {}
-  for key, batch in (("doc", doc), ("short", short)):
-    logits = model.apply({"params": params}, batch["images"], batch["tokens"])
-    losses[key] = float(step_lib.next_token_loss(logits, batch["targets"], batch["weights"]))
-  assert abs(losses["doc"] - losses["short"]) > 1e-3
+  batches = two_datasets(tiny_config)
+  sums = summed_losses(model, params, batches)
+  means = {key: total / count for key, (total, count, _) in sums.items()}
+  assert abs(means["doc"] - means["short"]) > 1e-3
   total, per_batch = step_lib.mixture_loss(
-      model, params, {"doc": {**doc, "loss_weight": 1.0}, "short": {**short, "loss_weight": 0.2}})
-  np.testing.assert_allclose(float(total), losses["doc"] + 0.2 * losses["short"], rtol=1e-5)
-  np.testing.assert_allclose(float(per_batch["loss/short"]), losses["short"], rtol=1e-5)
+      model, params, batches, step_lib.loss_denominators(batches, "per_token"))
+  np.testing.assert_allclose(float(total), means["doc"] + 0.2 * means["short"], rtol=1e-5)
+  np.testing.assert_allclose(float(per_batch["loss/short"]), means["short"], rtol=1e-5)
+
+
+def test_per_sequence_loss_is_the_papers_eq_2(tiny_config, tiny_model):
+  """sum_m lambda_m E_m[-sum_l log p]: each dataset's summed loss over its sequences, so a
+  dataset of longer sequences weighs more than its per-token mean would give it; the same
+  whole or in microbatches."""
+  model, params = tiny_model
+  batches = two_datasets(tiny_config)
+  sums = summed_losses(model, params, batches)
+  expected = sum(batches[key]["loss_weight"] * total / sequences
+                 for key, (total, _, sequences) in sums.items())
+  train, frozen = trainable.split(params, tiny_config.model.trainable)
+  for microbatches in (1, 2):
+    loss, per_batch, _ = jax.jit(lambda t: step_lib.loss_and_grads(
+        model, t, frozen, batches, microbatches, "per_sequence"))(train)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(per_batch["loss/doc"]), sums["doc"][0] / sums["doc"][2],
+                               rtol=1e-5)
+  token_mean, _, _ = step_lib.loss_and_grads(model, train, frozen, batches)
+  assert abs(float(token_mean) - float(expected)) > 1e-2
+
+
+def test_paper_configs_normalise_per_sequence_and_the_others_per_token(tiny_config):
+  for name in ("flamingo_3b", "flamingo_9b", "flamingo_80b"):
+    config = flamingo_jax.load_config(str(REPO / "configs" / f"{name}.py"))
+    assert config.train.loss_normalization == "per_sequence", name
+  assert tiny_config.train.loss_normalization == "per_token"
+  demo = flamingo_jax.load_config(str(REPO / "configs" / "demo.py"))
+  assert demo.train.loss_normalization == "per_token"
+  with pytest.raises(ValueError, match="per_sequence"):
+    step_lib.loss_denominators(two_datasets(tiny_config), "per_example")
 
 
 def test_weight_decay_skips_norms_gates_biases_and_the_resampler():

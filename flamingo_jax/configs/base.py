@@ -97,12 +97,15 @@ def training_sections(mesh: dict | None = None, **train) -> dict:
   """The `train`, `mesh` and `partitioning` sections (flamingo_jax/train/trainer.py).
 
   train: steps, logging and checkpoint cadence, microbatches (gradient accumulation within a
-  step), the frozen parameters' dtype and source, and the paper's optimiser; mesh: sizes of the
+  step), loss_normalization (flamingo_jax.train.step.LOSS_NORMALIZATIONS: "per_token", as
+  OpenFlamingo trains, or the paper's "per_sequence"), the frozen parameters' dtype and source,
+  and the paper's optimiser; mesh: sizes of the
   data / fsdp / tensor axes (-1: the devices left); partitioning: logical axis -> mesh axes.
   """
   c = ml_collections.ConfigDict(dict(
       num_steps=500_000, log_every=100, checkpoint_every=1000, keep_checkpoints=3,
-      async_checkpoints=True, microbatches=1, frozen_dtype="bfloat16",
+      async_checkpoints=True, microbatches=1, loss_normalization="per_token",
+      frozen_dtype="bfloat16",
       frozen=dict(source="init", path="")))
   c.optimizer = optimizer_config()
   c.update(train)
@@ -190,5 +193,6 @@ def paper_config(lm: dict, xattn_every: int, mesh: dict | None = None) -> ml_col
                               xattn=dict(every=xattn_every), dtype="bfloat16", remat="full",
                               scan_layers=True)
   config.data = paper_data()
-  config.update(training_sections(mesh))
+  # Eq. (2): each dataset's expected per-sequence loss, not its per-token mean.
+  config.update(training_sections(mesh, loss_normalization="per_sequence"))
   return config

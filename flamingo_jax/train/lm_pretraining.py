@@ -23,7 +23,7 @@ from flamingo_jax.lm.induction import repeated_spans
 from flamingo_jax.lm.model import DecoderLM
 from flamingo_jax.train import loop
 from flamingo_jax.train import optimizer as optimizer_lib
-from flamingo_jax.train.step import weighted_loss
+from flamingo_jax.train.step import loss_denominators, weighted_loss
 
 
 def text_only(batches: dict) -> dict:
@@ -59,7 +59,8 @@ def train(config: ml_collections.ConfigDict):
           rng, induction.batch_size, induction.span, model_config.vocab_size, induction.weight))
     # The mixture's objective (train.step), on the LM's logits of the text alone.
     (loss, per_task), grads = jax.value_and_grad(lambda p: weighted_loss(
-        lambda batch: lm.apply({"params": p}, batch["tokens"]), batches), has_aux=True)(params)
+        lambda batch: lm.apply({"params": p}, batch["tokens"]), batches,
+        loss_denominators(batches, "per_token")), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), {"loss": loss, **per_task}
 

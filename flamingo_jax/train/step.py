@@ -40,28 +40,44 @@ def init_train_state(params, tx: optax.GradientTransformation, patterns):
   return TrainState(step=jnp.zeros((), jnp.int32), params=train, opt_state=tx.init(train)), frozen
 
 
-def mixture_loss(model, params, batches: dict, token_counts: dict | None = None):
-  """The paper's objective: sum over datasets m of lambda_m * (mean token loss on m).
+# How a dataset's summed token loss is normalised before its lambda weights it.
+# "per_sequence": the paper's eq. (2), lambda_m * E over sequences of -sum_l log p(y_l | ...):
+#   a long M3W window weighs its 256 tokens, an ALIGN pair its 32.
+# "per_token": the mean over the dataset's tokens (OpenFlamingo's recipe): every dataset's
+#   loss is on the scale of one token, so lambda alone sets the balance.
+LOSS_NORMALIZATIONS = ("per_sequence", "per_token")
+
+
+def loss_denominators(batches: dict, normalization: str) -> dict:
+  """{key: what the dataset's summed token loss is divided by}: its sequences or its tokens."""
+  if normalization == "per_sequence":
+    return {key: jnp.float32(batch["weights"].shape[0]) for key, batch in batches.items()}
+  if normalization == "per_token":
+    return {key: jnp.sum(batch["weights"]) for key, batch in batches.items()}
+  raise ValueError(f"unknown loss normalization {normalization!r}; choose from "
+                   f"{LOSS_NORMALIZATIONS}")
+
+
+def mixture_loss(model, params, batches: dict, denominators: dict):
+  """The paper's objective: sum over datasets m of lambda_m * (the loss on m).
 
   batches: {key: batch} as `data.mixtures` yields them; batch = images [B, M, T, H, W, 3],
   tokens / targets [B, L] int32, weights [B, L] float32, loss_weight [] (lambda_m).
-  token_counts: {key: the weight sum of the whole batch} when `batches` is one microbatch of it,
-  so that microbatch losses add up to the batch's mean. Returns the loss and
-  {f"loss/{key}": unweighted mean token loss (this microbatch's share of it)}.
+  denominators: {key: what m's summed token loss is divided by} (`loss_denominators` of the
+  whole batch, also when `batches` is one microbatch of it, so that microbatch losses add up).
+  Returns the loss and {f"loss/{key}": m's unweighted loss (this microbatch's share of it)}.
   """
   return weighted_loss(
       lambda batch: model.apply({"params": params}, batch["images"], batch["tokens"]),
-      batches, token_counts)
+      batches, denominators)
 
 
-def weighted_loss(logits_fn, batches: dict, token_counts: dict | None = None):
+def weighted_loss(logits_fn, batches: dict, denominators: dict):
   """`mixture_loss` for any model: logits_fn(batch) -> logits [B, L, V]."""
   total, per_batch = 0.0, {}
   for key, batch in batches.items():
-    loss_sum, count = token_loss_sums(logits_fn(batch), batch["targets"], batch["weights"])
-    if token_counts is not None:
-      count = token_counts[key]
-    per_batch[f"loss/{key}"] = loss_sum / jnp.maximum(count, 1.0)
+    loss_sum, _ = token_loss_sums(logits_fn(batch), batch["targets"], batch["weights"])
+    per_batch[f"loss/{key}"] = loss_sum / jnp.maximum(denominators[key], 1.0)
     total += batch["loss_weight"] * per_batch[f"loss/{key}"]
   return total, per_batch
 
@@ -79,26 +95,28 @@ def split_microbatches(batches: dict, microbatches: int) -> dict:
   return jax.tree.map(split, batches)
 
 
-def loss_and_grads(model, train, frozen, batches: dict, microbatches: int = 1):
+def loss_and_grads(model, train, frozen, batches: dict, microbatches: int = 1,
+                   normalization: str = "per_token"):
   """(loss, per-batch losses, gradients of the trainable parameters), the batches processed
   whole or in `microbatches` sequential slices whose gradients add up (lax.scan: one slice's
-  activations live at a time). Equal up to float summation order."""
+  activations live at a time). Equal up to float summation order. normalization: one of
+  `LOSS_NORMALIZATIONS`."""
+  denominators = loss_denominators(batches, normalization)
 
-  def loss_fn(train, batches, token_counts=None):
-    return mixture_loss(model, trainable_lib.merge(train, frozen), batches, token_counts)
+  def loss_fn(train, batches):
+    return mixture_loss(model, trainable_lib.merge(train, frozen), batches, denominators)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
     (loss, per_batch), grads = grad_fn(train, batches)
     return loss, per_batch, grads
-  token_counts = {key: jnp.sum(batch["weights"]) for key, batch in batches.items()}
   sliced = split_microbatches(batches, microbatches)
   scalars = {key: {k: v for k, v in batch.items() if v.ndim == 0} for key, batch in batches.items()}
   arrays = {key: {k: v for k, v in batch.items() if v.ndim} for key, batch in sliced.items()}
 
   def accumulate(carry, microbatch):
     batch = {key: {**microbatch[key], **scalars[key]} for key in microbatch}
-    (loss, per_batch), grads = grad_fn(train, batch, token_counts)
+    (loss, per_batch), grads = grad_fn(train, batch)
     return jax.tree.map(jnp.add, carry, (loss, per_batch, grads)), None
 
   zeros = (jnp.zeros(()), {f"loss/{key}": jnp.zeros(()) for key in batches},
@@ -108,10 +126,11 @@ def loss_and_grads(model, train, frozen, batches: dict, microbatches: int = 1):
 
 
 def train_step(model, tx: optax.GradientTransformation, state: TrainState, frozen, batches,
-               microbatches: int = 1):
-  """One optimiser step on one mixture step's batches (`mixture_loss`). Returns (new state,
-  metrics)."""
-  loss, per_batch, grads = loss_and_grads(model, state.params, frozen, batches, microbatches)
+               microbatches: int = 1, normalization: str = "per_token"):
+  """One optimiser step on one mixture step's batches (`mixture_loss`, normalised per
+  `normalization`). Returns (new state, metrics)."""
+  loss, per_batch, grads = loss_and_grads(model, state.params, frozen, batches, microbatches,
+                                          normalization)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **per_batch}
