@@ -99,8 +99,8 @@ def training_sections(mesh: dict | None = None, **train) -> dict:
   train: steps, logging and checkpoint cadence, microbatches (gradient accumulation within a
   step), loss_normalization (flamingo_jax.train.step.LOSS_NORMALIZATIONS: "per_token", as
   OpenFlamingo trains, or the paper's "per_sequence"), the frozen parameters' dtype and source,
-  and the paper's optimiser; mesh: sizes of the
-  data / fsdp / tensor axes (-1: the devices left); partitioning: logical axis -> mesh axes.
+  and the paper's optimiser; mesh: sizes of the data / fsdp / tensor axes (-1: the devices
+  left); partitioning: logical axis -> mesh axes.
   """
   c = ml_collections.ConfigDict(dict(
       num_steps=500_000, log_every=100, checkpoint_every=1000, keep_checkpoints=3,
