@@ -275,6 +275,25 @@ def test_the_papers_augmentations_happen_at_their_rates():
   assert image_colours(attached) == COLOURS[:2]
 
 
+def test_every_window_of_a_long_document_shows_one_of_its_images():
+  # 999 tokens, <image> at token 899: the 257-token windows that show it among their 256
+  # inputs start in [644, 742] (the last start that fits); a start drawn uniformly over
+  # [0, 742] would miss it 87% of the time.
+  words = "".join(chr(ord("a") + i % 26) for i in range(898))
+  document = {"images": [encoded(COLOURS[0])], "texts": [words.encode(), b"z" * 97]}
+  stats = preprocess.task_stats("window_test")
+  where = []
+  for seed in range(300):
+    example = preprocess.model_example(document, "interleaved", MEDIA, VOCAB, 256, 5, stats,
+                                       np.random.default_rng(seed), preprocess.NO_AUGMENTATION)
+    media = np.flatnonzero(example["tokens"] == IDS.media)
+    assert len(media) == 1 and image_colours(example) == COLOURS[:1]
+    where.append(int(media[0]))
+  # The image's place in the window, 899 - start, spreads over all of [157, 255].
+  assert min(where) == 157 and max(where) == 255 and len(set(where)) > 80
+  assert not stats.counts()
+
+
 def encoded_array(pixels: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, "PNG")

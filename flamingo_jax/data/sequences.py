@@ -61,11 +61,11 @@ def window(sequence: np.ndarray, ids: SpecialIds, max_length: int, max_images: i
            rng: np.random.Generator | None = None) -> tuple[np.ndarray, int, int]:
   """The at most max_length + 1 tokens that one training example reads.
 
-  A longer sequence is cut to a window that starts at the beginning, or with `rng` at a uniformly
-  random position (the paper's random subsequence of an M3W document) no later than the last
-  `<image>`, so that the window shows an image. The window then ends before its
-  (max_images + 1)-th `<image>`: text after a dropped image would otherwise be credited to the
-  image before it.
+  A longer sequence is cut to a window that starts at the beginning, or with `rng` at a random
+  position (the paper's random subsequence of an M3W document): uniform over the starts whose
+  window shows at least one `<image>` among its max_length inputs, so that no window of a
+  document with images is text alone. The window then ends before its (max_images + 1)-th
+  `<image>`: text after a dropped image would otherwise be credited to the image before it.
 
   Returns (tokens, first, cut): the window shows the document's images first, first + 1, ...;
   `cut` counts the images in the window dropped by the cap.
@@ -73,15 +73,27 @@ def window(sequence: np.ndarray, ids: SpecialIds, max_length: int, max_images: i
   span = max_length + 1
   start = 0
   if rng is not None and len(sequence) > span:
-    media = np.flatnonzero(sequence == ids.media)
-    latest = min(len(sequence) - span, int(media[-1]) if len(media) else 0)
-    start = int(rng.integers(0, latest + 1))
+    start = int(rng.choice(starts_showing_an_image(sequence, ids.media, max_length)))
   tokens = sequence[start:start + span]
   media = np.flatnonzero(tokens == ids.media)
   if len(media) > max_images:
     tokens = tokens[:media[max_images]]
   first = int(np.sum(sequence[:start] == ids.media))
   return tokens, first, max(0, len(media) - max_images)
+
+
+def starts_showing_an_image(sequence: np.ndarray, media: int, max_length: int) -> np.ndarray:
+  """int [k]: the starts of the max_length + 1 token windows of a longer sequence whose first
+  max_length tokens (the inputs) hold an `<image>`."""
+  positions = np.flatnonzero(sequence == media)
+  if not len(positions):
+    raise ValueError("A sequence without <image> has no window that shows one; documents "
+                     "without images are dropped before (preprocess: no_images).")
+  starts = np.arange(len(sequence) - max_length)
+  # The first image at or after each start is an input of that start's window.
+  following = np.searchsorted(positions, starts)
+  nearest = positions[np.minimum(following, len(positions) - 1)]
+  return starts[(following < len(positions)) & (nearest < starts + max_length)]
 
 
 def pad_example(tokens: np.ndarray, ids: SpecialIds, max_length: int) -> dict:
