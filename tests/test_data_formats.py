@@ -8,6 +8,7 @@ import tarfile
 
 import av
 import numpy as np
+import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -300,13 +301,17 @@ def encoded_array(pixels: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def test_a_sentencepiece_vocabulary_opens_documents_with_bos(tmp_path):
+def small_sentencepiece(tmp_path) -> seqio.SentencePieceVocabulary:
   import sentencepiece
   lines = [f"a {c} caption number {i}" for i in range(50) for c in ("red", "blue")]
   sentencepiece.SentencePieceTrainer.train(
       sentence_iterator=iter(lines), model_prefix=str(tmp_path / "spm"), vocab_size=30,
       pad_id=0, eos_id=1, unk_id=2, bos_id=3, minloglevel=2)
-  vocabulary = seqio.SentencePieceVocabulary(str(tmp_path / "spm.model"))
+  return seqio.SentencePieceVocabulary(str(tmp_path / "spm.model"))
+
+
+def test_a_sentencepiece_vocabulary_opens_documents_with_bos(tmp_path):
+  vocabulary = small_sentencepiece(tmp_path)
   ids = preprocess.special_ids(vocabulary)
   assert (ids.bos, ids.eos, ids.pad, ids.media) == (3, 1, 0, 30)
   raw = {"image": encoded(COLOURS[0]), "text": b"a red caption"}
@@ -317,3 +322,35 @@ def test_a_sentencepiece_vocabulary_opens_documents_with_bos(tmp_path):
   n = len(text_ids) + 3  # <BOS> <image> text <EOC>, then <EOS> as the last target.
   np.testing.assert_array_equal(example["tokens"][:n], [3, 30, *text_ids, 31])
   assert example["targets"][n - 1] == 1 and example["weights"][0] == 0  # <image> is no target.
+
+
+def test_the_space_prefix_changes_sentencepiece_ids(tmp_path):
+  # SentencePiece's normaliser drops a leading space: " a red caption" encodes as
+  # "a red caption", so the augmentation puts the lone "▁" piece in front of the ids.
+  vocabulary = small_sentencepiece(tmp_path)
+  assert vocabulary.encode(" a red caption") == vocabulary.encode("a red caption")
+  space = vocabulary.tokenizer.piece_to_id("\u2581")
+  raw = {"image": encoded(COLOURS[0]), "text": b"a red caption"}
+  text_ids = vocabulary.encode("a red caption")
+  plain, spaced = [3, 30, *text_ids, 31], [3, 30, space, *text_ids, 31]
+  augment = preprocess.Augmentation(space_prefix=0.5)
+  spaces = 0
+  for seed in range(200):
+    example = preprocess.model_example(raw, "pair", MEDIA, vocabulary, 32, 1,
+                                       preprocess.task_stats("spm_space_test"),
+                                       np.random.default_rng(seed), augment)
+    tokens = example["tokens"][:int(np.sum(example["tokens"] != 0))].tolist()
+    assert tokens in (plain, spaced)
+    spaces += tokens == spaced
+  assert 70 < spaces < 130
+
+
+def test_the_space_prefix_refuses_a_vocabulary_it_cannot_change():
+  class Trimming(seqio.ByteVocabulary):
+    def _encode(self, s):
+      return super()._encode(s.lstrip())
+
+  with pytest.raises(ValueError, match="space-prefix"):
+    preprocess.prepare(tf.data.Dataset.from_tensors({"image": b"", "text": b"a"}),
+                       {"tokens": 8, "images": 1}, preprocess.output_features(Trimming()),
+                       kind="pair", media=MEDIA, task="trimming_test")

@@ -47,6 +47,8 @@ RAW_KEYS = {"pair": ("image", "text"), "interleaved": ("images", "texts"),
             "video": ("video", "text")}
 # Luma weights of RGB, for saturation jitter.
 LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+# What SentencePiece writes for a space (U+2581).
+SENTENCEPIECE_SPACE = "\u2581"
 
 _TASK_STATS = collections.defaultdict(images_lib.DataStats)
 
@@ -82,7 +84,8 @@ class Augmentation:
 
   attach_to_next: a document's text goes with the image after it rather than before (the
     paper's 1/2 per M3W page; 0 where text is known to follow its image).
-  space_prefix: a pair's or video's caption starts with a space (the paper's 1/2).
+  space_prefix: a pair's or video's caption starts with a space (the paper's 1/2), in its ids
+    (`encode_after_space`).
   flip: an image (all frames of a video) is flipped left-right. The paper flips pair images;
     off by default since captions may name sides.
   colour_jitter: brightness, contrast and saturation are each scaled by a factor drawn from
@@ -223,6 +226,22 @@ def interleaved_document(raw: dict, media: MediaSpec, stats, rng) -> tuple[list,
   return pieces, loaded
 
 
+def encode_after_space(text: str, vocabulary: seqio.Vocabulary) -> list[int]:
+  """The ids of " " + text, the paper's space-prefix augmentation. SentencePiece's normaliser
+  drops a leading space, so that " caption" and "caption" encode alike: there the space is its
+  lone "▁" piece in front of the text's ids. Raises ValueError for a vocabulary that has
+  neither, where the augmentation must be off (`Augmentation.space_prefix = 0`)."""
+  spaced = vocabulary.encode(" " + text)
+  if spaced != vocabulary.encode(text):
+    return spaced
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    piece = vocabulary.tokenizer.piece_to_id(SENTENCEPIECE_SPACE)
+    if piece != vocabulary.tokenizer.unk_id():
+      return [piece, *spaced]
+  raise ValueError(f"{vocabulary} encodes {' ' + text!r} as {text!r} and has no piece for a "
+                   "lone space: set the space-prefix augmentation to 0 for it.")
+
+
 DOCUMENTS = {"pair": pair_document, "interleaved": interleaved_document, "video": video_document}
 
 
@@ -237,11 +256,13 @@ def model_example(raw: dict, kind: str, media: MediaSpec, vocabulary: seqio.Voca
   pieces, media_arrays = document
   if kind == "interleaved" and rng.random() < augment.attach_to_next:
     pieces = join_texts(sequences.attach_to_next(pieces))
-  if kind != "interleaved" and rng.random() < augment.space_prefix:
-    pieces[-1] = " " + pieces[-1]
+  space = kind != "interleaved" and rng.random() < augment.space_prefix
   media_arrays = [augment_media(m, augment, rng) for m in media_arrays]
   ids = special_ids(vocabulary)
+  caption = pieces[-1]
   pieces = [p if p is sequences.IMAGE else vocabulary.encode(p) for p in pieces]
+  if space:  # The caption of a pair or video is its last piece.
+    pieces[-1] = encode_after_space(caption, vocabulary)
   tokens, first, cut = sequences.window(sequences.layout(pieces, ids), ids, max_length,
                                         max_images, rng if kind == "interleaved" else None)
   if cut:
@@ -272,11 +293,13 @@ def prepare(dataset: tf.data.Dataset, sequence_length: dict, output_features: di
   if sequence_length is None or not {"tokens", "images"} <= set(sequence_length):
     raise ValueError(f"sequence_length must give 'tokens' and 'images', got {sequence_length}")
   max_length, max_images = sequence_length["tokens"], sequence_length["images"]
+  vocabulary = output_features["tokens"].vocabulary
+  if kind != "interleaved" and augment.space_prefix:
+    encode_after_space("a", vocabulary)  # Fails here, not in the input pipeline.
   frames = media.num_frames if kind == "video" else 1
   run = functools.partial(model_example, kind=kind, media=media,
-                          vocabulary=output_features["tokens"].vocabulary,
-                          max_length=max_length, max_images=max_images, stats=task_stats(task),
-                          augment=augment)
+                          vocabulary=vocabulary, max_length=max_length,
+                          max_images=max_images, stats=task_stats(task), augment=augment)
   shapes = {"tokens": [max_length], "targets": [max_length], "weights": [max_length],
             "images": [max_images, frames, media.image_size, media.image_size, 3]}
   dtypes = {"tokens": tf.int32, "targets": tf.int32, "weights": tf.float32, "images": tf.uint8}
