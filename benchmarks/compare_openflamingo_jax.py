@@ -55,7 +55,8 @@ def train_batches(images: np.ndarray, tokens: np.ndarray, media_token_id: int) -
   targets = np.concatenate([tokens[:, 1:], np.zeros_like(tokens[:, :1])], axis=1)
   weights = (targets != media_token_id) & (np.arange(tokens.shape[1]) < tokens.shape[1] - 1)
   return {"m3w": dict(images=images[:, :, None], tokens=tokens, targets=targets,
-                      weights=weights.astype(np.float32), loss_weight=np.float32(1.0))}
+                      weights=weights.astype(np.float32),
+                      attach_to_next=np.zeros(len(tokens), bool), loss_weight=np.float32(1.0))}
 
 
 def formula_flops(model_config, batch: int, length: int, num_images: int) -> dict[str, float]:

@@ -266,14 +266,38 @@ def test_the_papers_augmentations_happen_at_their_rates():
   assert 70 < spaces < 130 and 70 < flips < 130 and len(reds) > 50
   assert not stats.counts()
 
-  document = {"images": [encoded(COLOURS[0]), encoded(COLOURS[1])],
-              "texts": [b"", b"A.", b"B."]}
-  attached = preprocess.model_example(document, "interleaved", MEDIA, VOCAB, 32, 5, stats,
-                                      np.random.default_rng(0),
-                                      preprocess.Augmentation(attach_to_next=1.0))
-  # "A." sits between the images; attached to the next image it is read after it.
-  assert render(attached) == "<image><image>A. B.<EOC><EOS>"
-  assert image_colours(attached) == COLOURS[:2]
+
+
+def test_text_attached_to_the_next_image_keeps_its_place(tmp_path):
+  # Attaching text to the next image is the model's mask (`attach_to_next`); the text stays in
+  # reading order, and a page that opens with an image keeps one <image> token for it.
+  stats = preprocess.task_stats("attach_test")
+  for texts, read in [([b"1", b"2", b"3"], "1<EOC><image>2<EOC><image>3<EOC><EOS>"),
+                      ([b"", b"A.", b"B."], "<image>A.<EOC><image>B.<EOC><EOS>")]:
+    document = {"images": [encoded(COLOURS[0]), encoded(COLOURS[1])], "texts": texts}
+    for rate in (0.0, 1.0):
+      example = preprocess.model_example(document, "interleaved", MEDIA, VOCAB, 32, 5, stats,
+                                         np.random.default_rng(0),
+                                         preprocess.Augmentation(attach_to_next=rate))
+      assert render(example) == read and image_colours(example) == COLOURS[:2]
+      assert example["attach_to_next"] == bool(rate)
+  pair = preprocess.model_example({"image": encoded(COLOURS[0]), "text": b"A."}, "pair", MEDIA,
+                                  VOCAB, 32, 1, stats, np.random.default_rng(0),
+                                  preprocess.Augmentation(attach_to_next=1.0))
+  assert not pair["attach_to_next"]  # A pair's text follows its image.
+  # Through a seqio Task at the paper's rate: about half the pages, the same text for all.
+  (tmp_path / "img").mkdir()
+  for i in range(2):
+    (tmp_path / "img" / f"{i}.png").write_bytes(encoded(COLOURS[i]))
+  (tmp_path / "docs.jsonl").write_text(
+      (json.dumps(obelics(["img/0.png", "img/1.png"])) + "\n") * 40)
+  tasks.register("fmt_attach", "interleaved", sources.Jsonl(str(tmp_path / "*.jsonl")), VOCAB,
+                 MEDIA, augment=preprocess.Augmentation(space_prefix=0.0))
+  examples = list(seqio.get_mixture_or_task("fmt_attach").get_dataset(
+      sequence_length={"tokens": 32, "images": 5}, split="train", shuffle=False,
+      seed=0).as_numpy_iterator())
+  assert len(examples) == 40 and {render(e) for e in examples} == {DOCUMENT}
+  assert 8 < sum(e["attach_to_next"] for e in examples) < 32
 
 
 def test_every_window_of_a_long_document_shows_one_of_its_images():

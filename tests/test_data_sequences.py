@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from flamingo_jax.data.sequences import (IMAGE, SpecialIds, attach_to_next, layout, pad_example,
-                                         window)
+from flamingo_jax.data.sequences import IMAGE, SpecialIds, layout, pad_example, window
 
 IDS = SpecialIds(media=100, eoc=101, eos=1, pad=0)
 
@@ -20,12 +19,6 @@ def test_bos_opens_the_document_where_the_vocabulary_has_one():
 def test_eoc_goes_before_every_image_that_follows_text_and_at_the_end():
   tokens = layout([[3], IMAGE, [4, 4], IMAGE, IMAGE, [5]], IDS)
   np.testing.assert_array_equal(tokens, [3, 101, 100, 4, 4, 101, 100, 100, 5, 101, 1])
-
-
-def test_text_can_attach_to_the_next_image():
-  pieces = [[7], IMAGE, [8], IMAGE, [9]]
-  assert attach_to_next(pieces) == [IMAGE, [7], IMAGE, [8], [9]]
-  assert attach_to_next([IMAGE, [8]]) == [IMAGE, [8]]
 
 
 def test_window_ends_before_the_image_past_the_limit():

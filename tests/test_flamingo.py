@@ -7,7 +7,8 @@ import pytest
 
 import flamingo_jax
 from flamingo_jax.flamingo import (Flamingo, FlamingoDecodeState, GatedCrossAttentionBlock,
-                                   cross_attention_mask, lm_config, media_index)
+                                   attached_media_index, cross_attention_mask, lm_config,
+                                   media_index)
 from flamingo_jax.flamingo.model import xattn_layer_indices
 from flamingo_jax.lm import DecoderLM
 
@@ -119,6 +120,38 @@ def test_logits_before_an_image_token_do_not_depend_on_that_image(tiny_config, t
   changed_first = images.at[0, 0].set(-images[0, 0])
   out = tiny_forward(params, changed_first, tokens)
   assert float(jnp.abs(out[0, third + 1:] - base[0, third + 1:]).max()) > 1e-6
+
+
+def test_text_attached_to_the_next_image_attends_to_it():
+  # [[1], IMG, [2], IMG, [3]]: "previous" reads 1 with no image, 2 with the first, 3 with the
+  # second; "next" reads 1 with the first, 2 with the second and 3 (after the last) with none.
+  # An <image> token attends to its own image either way.
+  tokens = jnp.array([[5, 9, 6, 6, 9, 7, 7]] * 2)  # 9 is <image>.
+  index = attached_media_index(tokens, 9, jnp.array([False, True]))
+  np.testing.assert_array_equal(index, [[-1, 0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, -1, -1]])
+  np.testing.assert_array_equal(index[0], media_index(tokens, 9)[0])
+
+
+def test_attach_to_next_changes_which_image_the_logits_depend_on(tiny_config, tiny_model):
+  model, params = tiny_model
+  params = open_gates(params)
+  images, tokens = interleaved_batch(tiny_config)
+  second, third = np.flatnonzero(np.asarray(tokens[0]) == tiny_config.model.media_token_id)[1:]
+  changed = images.at[:, 2].set(-images[:, 2])
+  forward = jax.jit(lambda images, attach: model.apply({"params": params}, images, tokens,
+                                                       attach_to_next=attach))
+  attach = jnp.array([True, False])
+  base, out = forward(images, attach), forward(changed, attach)
+  # Attached to the next image, the text between the second and third images reads the third;
+  # nothing up to the second image's token sees it. The row left as "previous" is untouched
+  # before its own third image.
+  np.testing.assert_array_equal(out[0, :second + 1], base[0, :second + 1])
+  assert float(jnp.abs(out[0, second + 1:third] - base[0, second + 1:third]).max()) > 1e-4
+  third_1 = int(np.flatnonzero(np.asarray(tokens[1]) == tiny_config.model.media_token_id)[2])
+  np.testing.assert_array_equal(out[1, :third_1], base[1, :third_1])
+  # The default attaches to the previous image, as one False for every row does.
+  np.testing.assert_allclose(model.apply({"params": params}, images, tokens),
+                             forward(images, jnp.zeros(2, bool)), atol=1e-5)
 
 
 def test_no_nan_for_text_only_sequences(tiny_config, tiny_model, tiny_forward):

@@ -21,7 +21,8 @@ def make_batch(config):
   images, tokens = interleaved_batch(config)
   targets = jnp.roll(tokens, -1, axis=1)
   weights = (targets != config.model.media_token_id).astype(jnp.float32).at[:, -1].set(0.0)
-  return dict(images=images, tokens=tokens, targets=targets, weights=weights)
+  return dict(images=images, tokens=tokens, targets=targets, weights=weights,
+              attach_to_next=jnp.zeros(tokens.shape[:1], bool))
 
 
 def one_dataset_step(batch):

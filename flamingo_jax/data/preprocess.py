@@ -9,7 +9,9 @@ Empty image bytes mean the reader could not find the image.
 
 The model example (`output_features`): images uint8 [M, T, S, S, 3] (M = sequence_length
 "images", T = 1 for images and `MediaSpec.num_frames` for video; zeros past the example's own
-media), tokens / targets int32 [L] and weights float32 [L] (`sequences.pad_example`).
+media), tokens / targets int32 [L] and weights float32 [L] (`sequences.pad_example`), and
+attach_to_next bool []: whether its text attends to the image after it (the model's mask,
+`masking.attached_media_index`; the text stays in reading order).
 Normalisation to the vision tower's mean and std happens after batching (`mixtures.py`), so
 shuffle buffers hold uint8.
 
@@ -24,7 +26,7 @@ Rules for bad input; each is counted in the task's `DataStats` (`task_stats`):
 - corrupt_record: a document whose texts are not one more than its images is dropped.
 - images_over_limit: a document window that shows more than M images ends before the (M+1)-th.
 A dropped image of a document takes its place in the document with it; the texts on either side
-join (with a space), as do texts that end up side by side when text goes with the next image. Nothing here raises on bad data, so a run goes on.
+join (with a space). Nothing here raises on bad data, so a run goes on.
 
 Randomness (the window of a long document and the `Augmentation`s) comes from seqio's
 per-example seeds: the same `seed` passed to `get_dataset` gives the same examples.
@@ -82,7 +84,7 @@ class MediaSpec:
 class Augmentation:
   """The paper's per-example randomness (appendix A.3), as probabilities and strengths.
 
-  attach_to_next: a document's text goes with the image after it rather than before (the
+  attach_to_next: a document's text attends to the image after it rather than before (the
     paper's 1/2 per M3W page; 0 where text is known to follow its image).
   space_prefix: a pair's or video's caption starts with a space (the paper's 1/2), in its ids
     (`encode_after_space`).
@@ -113,6 +115,7 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   token = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)
   return {"tokens": token, "targets": token,
           "weights": seqio.ContinuousFeature(dtype=tf.float32, rank=1),
+          "attach_to_next": seqio.ContinuousFeature(dtype=tf.bool, rank=0),
           "images": seqio.ContinuousFeature(dtype=tf.uint8, rank=5)}
 
 
@@ -248,14 +251,14 @@ DOCUMENTS = {"pair": pair_document, "interleaved": interleaved_document, "video"
 def model_example(raw: dict, kind: str, media: MediaSpec, vocabulary: seqio.Vocabulary,
                   max_length: int, max_images: int, stats: images_lib.DataStats,
                   rng: np.random.Generator, augment: Augmentation = Augmentation()) -> dict | None:
-  """A raw example -> {"images", "tokens", "targets", "weights"} (module docstring), or None
-  when a rule drops it. Documents get a random window; pairs and videos keep their start."""
+  """A raw example -> {"images", "tokens", "targets", "weights", "attach_to_next"} (module
+  docstring), or None when a rule drops it. Documents get a random window; pairs and videos
+  keep their start."""
   document = DOCUMENTS[kind](raw, media, stats, rng)
   if document is None:
     return None
   pieces, media_arrays = document
-  if kind == "interleaved" and rng.random() < augment.attach_to_next:
-    pieces = join_texts(sequences.attach_to_next(pieces))
+  attach_to_next = kind == "interleaved" and rng.random() < augment.attach_to_next
   space = kind != "interleaved" and rng.random() < augment.space_prefix
   media_arrays = [augment_media(m, augment, rng) for m in media_arrays]
   ids = special_ids(vocabulary)
@@ -274,6 +277,7 @@ def model_example(raw: dict, kind: str, media: MediaSpec, vocabulary: seqio.Voca
                                np.uint8)
   if shown:
     example["images"][:shown] = np.stack(media_arrays[first:first + shown])
+  example["attach_to_next"] = np.bool_(attach_to_next)
   return example
 
 
@@ -301,8 +305,10 @@ def prepare(dataset: tf.data.Dataset, sequence_length: dict, output_features: di
                           vocabulary=vocabulary, max_length=max_length,
                           max_images=max_images, stats=task_stats(task), augment=augment)
   shapes = {"tokens": [max_length], "targets": [max_length], "weights": [max_length],
-            "images": [max_images, frames, media.image_size, media.image_size, 3]}
-  dtypes = {"tokens": tf.int32, "targets": tf.int32, "weights": tf.float32, "images": tf.uint8}
+            "images": [max_images, frames, media.image_size, media.image_size, 3],
+            "attach_to_next": []}
+  dtypes = {"tokens": tf.int32, "targets": tf.int32, "weights": tf.float32, "images": tf.uint8,
+            "attach_to_next": tf.bool}
 
   def numpy_fn(seed, *values):
     # SeedSequence takes non-negative integers; the bits of seqio's int64 seed are the seed.

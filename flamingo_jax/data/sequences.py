@@ -26,19 +26,6 @@ class SpecialIds:
   bos: int | None = None
 
 
-def attach_to_next(pieces: list) -> list:
-  """Moves each image tag before the text chunk that precedes it, so that text attends to the
-  image after it instead of the one before (the paper picks either per M3W page with
-  probability 1/2). [T0, I1, T1, I2, T2] -> [I1, T0, I2, T1, T2]."""
-  out = []
-  for piece in pieces:
-    if piece is IMAGE and out and out[-1] is not IMAGE:
-      out.insert(len(out) - 1, IMAGE)
-    else:
-      out.append(piece)
-  return out
-
-
 def layout(pieces: list, ids: SpecialIds) -> np.ndarray:
   """int32 [n]: the token ids of a whole document."""
   tokens, after_text = [] if ids.bos is None else [ids.bos], False

@@ -30,7 +30,8 @@ import ml_collections
 import numpy as np
 
 from flamingo_jax.flamingo.gated_xattn import GatedCrossAttentionBlock
-from flamingo_jax.flamingo.masking import cross_attention_mask, media_index
+from flamingo_jax.flamingo.masking import (attached_media_index, cross_attention_mask,
+                                           media_index)
 from flamingo_jax.flamingo.resampler import PerceiverResampler
 from flamingo_jax.flamingo.scan import SCANNED, Layout
 from flamingo_jax.layers.attention import KVCache
@@ -245,17 +246,20 @@ class Flamingo(nn.Module):
     b, m, r, d = visual.shape
     return nn.with_logical_constraint(visual.reshape(b, m * r, d), ("batch", "media", "embed"))
 
-  def decode(self, visual, tokens, positions=None):
+  def decode(self, visual, tokens, positions=None, attach_to_next=False):
     """The full pass of the LM over tokens [B, L] int32 conditioned on visual [B, M, R, D]
     (`encode_media`) -> logits [B, L, V] float32. positions: [B, L] int32, default 0..L-1;
-    -1 marks padding."""
+    -1 marks padding. attach_to_next: bool [B] (or one for all): text attends to the image
+    after it, not before (`masking.attached_media_index`; the paper's M3W augmentation)."""
     chex.assert_rank(visual, 4)
     chex.assert_rank(tokens, 2)
     c, layout = self.config, Layout.of(self.config)
     num_media, visual = visual.shape[1], self.flat_visual(visual)
     positions = default_positions(tokens) if positions is None else positions
-    xmask = cross_attention_mask(media_index(tokens, c.media_token_id), num_media,
-                                 visual.shape[1] // num_media, c.xattn.media_mode)
+    index = attached_media_index(tokens, c.media_token_id,
+                                 jnp.broadcast_to(attach_to_next, tokens.shape[:1]))
+    xmask = cross_attention_mask(index, num_media, visual.shape[1] // num_media,
+                                 c.xattn.media_mode)
     mask = attention_mask(positions, positions)
 
     x = self.lm.embed(tokens, positions)
@@ -305,7 +309,8 @@ class Flamingo(nn.Module):
     return logits, state.replace(lm=advance(state.lm, caches, kv_pos, tokens.shape[1]),
                                  scanned=scanned, media_count=index[:, -1] + 1)
 
-  def __call__(self, images, tokens, positions=None):
-    """images [B, M, T, H, W, 3] float32, tokens [B, L] int32 -> logits [B, L, V] float32."""
+  def __call__(self, images, tokens, positions=None, attach_to_next=False):
+    """images [B, M, T, H, W, 3] float32, tokens [B, L] int32 -> logits [B, L, V] float32;
+    attach_to_next as in `decode`."""
     check_media_count(tokens, images.shape[1], self.config.media_token_id)
-    return self.decode(self.encode_media(images), tokens, positions)
+    return self.decode(self.encode_media(images), tokens, positions, attach_to_next)

@@ -50,6 +50,7 @@ def abstract_batches(config: ml_collections.ConfigDict, trainer) -> dict:
         "tokens": ((task.batch_size, task.max_length), jnp.int32),
         "targets": ((task.batch_size, task.max_length), jnp.int32),
         "weights": ((task.batch_size, task.max_length), jnp.float32),
+        "attach_to_next": ((task.batch_size,), jnp.bool_),
         "loss_weight": ((), jnp.float32)}
     batches[name] = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(
         trainer.mesh, trainer.rules, len(shape))) for k, (shape, dtype) in shapes.items()}

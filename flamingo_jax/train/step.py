@@ -62,13 +62,15 @@ def mixture_loss(model, params, batches: dict, denominators: dict):
   """The paper's objective: sum over datasets m of lambda_m * (the loss on m).
 
   batches: {key: batch} as `data.mixtures` yields them; batch = images [B, M, T, H, W, 3],
-  tokens / targets [B, L] int32, weights [B, L] float32, loss_weight [] (lambda_m).
+  tokens / targets [B, L] int32, weights [B, L] float32, attach_to_next [B] bool (which image
+  text attends to, `Flamingo.decode`), loss_weight [] (lambda_m).
   denominators: {key: what m's summed token loss is divided by} (`loss_denominators` of the
   whole batch, also when `batches` is one microbatch of it, so that microbatch losses add up).
   Returns the loss and {f"loss/{key}": m's unweighted loss (this microbatch's share of it)}.
   """
   return weighted_loss(
-      lambda batch: model.apply({"params": params}, batch["images"], batch["tokens"]),
+      lambda batch: model.apply({"params": params}, batch["images"], batch["tokens"],
+                                attach_to_next=batch["attach_to_next"]),
       batches, denominators)
 
 
