@@ -1,8 +1,14 @@
 """Metrics against hand-worked values from the official definitions, and against pycocoevalcap's
 own scorers on a COCO-format results file."""
 
+import contextlib
+import importlib.util
+import io
 import json
+import pathlib
+import types
 
+import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -140,22 +146,101 @@ def test_vqa_accuracy_averages_over_leave_one_out_subsets(matching, expected):
 def test_vqa_accuracy_normalises_when_annotators_disagree():
   # Normalised: "Two." -> "2"; answers "two", "2", "2 " -> "2", "2", "2"; 3 match -> 0.9.
   answers = ["two", "2", "2 ", "3", "3", "3", "4", "4", "4", "4"]
-  assert metrics.vqa_accuracy("Two.", answers) == pytest.approx(0.9)
-  # "the hot-dog" -> "hot dog" matches "hot dog" (2 of 10) -> 0.6.
+  assert metrics.vqa_accuracy("Two.", answers, "open_flamingo") == pytest.approx(0.9)
+  # The server cleans only the punctuation of disagreeing answers: "two" and "2 " stay, so
+  # "Two." -> "2" matches one answer -> 0.3.
+  assert metrics.vqa_accuracy("Two.", answers) == pytest.approx(0.3)
+  # "the hot-dog" -> "hot dog" matches "hot dog" (2 of 10 under OpenFlamingo's rule, where
+  # "a hot dog" loses its article) -> 0.6; the server keeps "a hot dog" -> 1 of 10 -> 0.3.
   answers = ["hot dog", "a hot dog", "sandwich", "food"] + ["bun"] * 6
-  assert metrics.vqa_accuracy("the hot-dog", answers) == pytest.approx(0.6)
+  assert metrics.vqa_accuracy("the hot-dog", answers, "open_flamingo") == pytest.approx(0.6)
+  assert metrics.vqa_accuracy("the hot-dog", answers) == pytest.approx(0.3)
 
 
-def test_vqa_accuracy_does_not_normalise_unanimous_answers():
-  # All 10 say "yes": the official code skips normalisation, so "Yes" and "yes." score 0;
-  # only newline/tab/edge whitespace is cleaned.
-  assert metrics.vqa_accuracy("yes", ["yes"] * 10) == 1.0
-  assert metrics.vqa_accuracy("Yes", ["yes"] * 10) == 0.0
-  assert metrics.vqa_accuracy("yes.", ["yes"] * 10) == 0.0
-  assert metrics.vqa_accuracy("\tyes\n", ["yes"] * 9 + [" yes "]) == 1.0
-  # Answers are cleaned before the unanimity test: "yes\n" counts as "yes", so "Yes" is still
-  # compared raw.
-  assert metrics.vqa_accuracy("Yes", ["yes"] * 9 + ["yes\n"]) == 0.0
+@pytest.mark.parametrize("rule", metrics.VQA_RULES)
+def test_vqa_accuracy_always_normalises_the_prediction(rule):
+  # Ten annotators agree: the prediction is still normalised, under either rule.
+  assert metrics.vqa_accuracy("yes", ["yes"] * 10, rule) == 1.0
+  assert metrics.vqa_accuracy("Yes", ["yes"] * 10, rule) == 1.0
+  assert metrics.vqa_accuracy("yes.", ["yes"] * 10, rule) == 1.0
+  assert metrics.vqa_accuracy("two", ["2"] * 10, rule) == 1.0
+  assert metrics.vqa_accuracy("\tyes\n", ["yes"] * 10, rule) == 1.0
+
+
+def test_the_servers_rule_leaves_unanimous_answers_raw():
+  # Unanimous answers are compared as stored (the official files store them normalised):
+  # "two" x 10 never matches a prediction, which is normalised to "2".
+  assert metrics.vqa_accuracy("two", ["two"] * 10) == 0.0
+  assert metrics.vqa_accuracy("two", ["two"] * 10, "open_flamingo") == 1.0
+  with pytest.raises(ValueError, match="rule"):
+    metrics.vqa_accuracy("two", ["2"], "lenient")
+
+
+def open_flamingo_vqa_eval():
+  """OpenFlamingo 2.0.1's VQAEval (open_flamingo/eval/vqa_metric.py), loaded from its file so
+  that the package's model code (torch, open_clip) is not imported."""
+  origin = importlib.util.find_spec("open_flamingo").origin
+  spec = importlib.util.spec_from_file_location(
+      "open_flamingo_vqa_metric", pathlib.Path(origin).parent / "eval" / "vqa_metric.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.VQAEval
+
+
+def reference_accuracies(cases, rule: str) -> list[float]:
+  """VQA accuracy of each (prediction, answers) by the official code's own functions.
+
+  "open_flamingo": OpenFlamingo's `VQAEval.evaluate`, run on the cases. "server": the loop of
+  GT-Vision-Lab/VQA's vqaEval.py at a4f1afd around the same `processPunctuation` and
+  `processDigitArticle` (OpenFlamingo's copies of them are the server's, word for word)."""
+  vqa_eval_class = open_flamingo_vqa_eval()
+  if rule == "open_flamingo":
+    qa = {i: {"answers": [{"answer": a, "answer_id": j} for j, a in enumerate(answers)],
+              "question_type": "what"} for i, (_, answers) in enumerate(cases)}
+    results = {i: {"answer": prediction} for i, (prediction, _) in enumerate(cases)}
+    evaluator = vqa_eval_class(types.SimpleNamespace(qa=qa),
+                               types.SimpleNamespace(qa=results, getQuesIds=lambda: list(results)),
+                               n=10)
+    with contextlib.redirect_stdout(io.StringIO()):
+      evaluator.evaluate(list(qa))
+    return [evaluator.evalQA[i] / 100 for i in range(len(cases))]
+  tools = vqa_eval_class(None, None)
+  accuracies = []
+  for prediction, answers in cases:
+    prediction = prediction.replace("\n", " ").replace("\t", " ").strip()
+    prediction = tools.processDigitArticle(tools.processPunctuation(prediction))
+    if len(set(answers)) > 1:
+      answers = [tools.processPunctuation(a) for a in answers]
+    matches = [a == prediction for a in answers]
+    accuracies.append(sum(min(1, (sum(matches) - m) / 3) for m in matches) / len(answers))
+  return accuracies
+
+
+# Pieces of answers that exercise every rule: case, edge whitespace, punctuation touching a
+# space or not, a comma between digits, periods, number words, articles, contractions.
+ANSWER_PIECES = ["yes", "Yes", "no", "2", "two", "Two", "10", "ten", "1,000", "1.5", "a", "the",
+                 "An", "dog", "dogs", "hot-dog", "hot dog", "dont", "don't", "isnt", "yes.",
+                 "dog!", "(dog)", "dog ,", "e.g.", "red/blue", "  ", "\t", "\n", "?", "none",
+                 "zero", "ma'am", "maam", "its", "it's", "3:00"]
+
+
+def random_answer(rng: np.random.Generator) -> str:
+  return " ".join(rng.choice(ANSWER_PIECES, size=int(rng.integers(1, 4))))
+
+
+@pytest.mark.parametrize("rule", metrics.VQA_RULES)
+def test_vqa_accuracy_matches_the_official_code_on_random_answers(rule):
+  rng = np.random.default_rng(0)
+  cases = []
+  for _ in range(400):
+    # Few distinct answers, so that predictions often match some: unanimous sets included.
+    pool = [random_answer(rng) for _ in range(int(rng.integers(1, 4)))]
+    answers = [str(rng.choice(pool)) for _ in range(10)]
+    prediction = str(rng.choice(pool)) if rng.random() < 0.6 else random_answer(rng)
+    cases.append((prediction, answers))
+  ours = [metrics.vqa_accuracy(prediction, answers, rule) for prediction, answers in cases]
+  np.testing.assert_allclose(ours, reference_accuracies(cases, rule), atol=1e-9)
+  assert 0.1 < np.mean([a > 0 for a in ours]) < 0.9  # Matches and misses are both exercised.
 
 
 def test_vqa_accuracy_with_fewer_answers():

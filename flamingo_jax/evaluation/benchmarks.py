@@ -45,11 +45,13 @@ def score_captions(predictions: Predictions, examples: Sequence[Example]) -> dic
   return metrics.caption_scores(captions, {e.id: e.answers for e in examples})
 
 
-def score_vqa(predictions: Predictions, examples: Sequence[Example]) -> dict[str, float]:
-  """{"accuracy"}: the official VQA accuracy of generated answers."""
+def score_vqa(predictions: Predictions, examples: Sequence[Example],
+              rule: str = "server") -> dict[str, float]:
+  """{"accuracy"}: the official VQA accuracy of generated answers, by `rule`
+  (`metrics.VQA_RULES`)."""
   _labelled(examples, "answers")
   return {"accuracy": metrics.mean_vqa_accuracy(_aligned(predictions, examples),
-                                                [e.answers for e in examples])}
+                                                [e.answers for e in examples], rule)}
 
 
 def score_exact_match(predictions: Predictions, examples: Sequence[Example]) -> dict[str, float]:

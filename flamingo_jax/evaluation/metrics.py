@@ -3,6 +3,8 @@
 - VQA accuracy (VQAv2, OK-VQA, TextVQA, VizWiz): the official VQA evaluation (`vqaEval.py` of
   the VQA API, GT-Vision-Lab/VQA). Answers are normalised, then a prediction scores
   min(1, #annotators who gave it / 3) averaged over the 10 subsets of 9 annotators out of 10.
+  Two rules of what gets normalised (`VQA_RULES`, see `vqa_accuracy`): the evaluation
+  server's, and OpenFlamingo's copy, to reproduce its tables.
 - Captions (COCO, Flickr30k): CIDEr (CIDEr-D, as the COCO server reports it) and BLEU-4 from
   pycocoevalcap, after its PTB tokenisation (Stanford CoreNLP, needs `java`).
 - ROC-AUC (HatefulMemes), top-1 accuracy (ImageNet), exact-match accuracy (MSVD-QA, MSRVTT-QA).
@@ -101,30 +103,44 @@ def normalize_vqa_answer(answer: str) -> str:
   return _map_words(_strip_punctuation(_clean_whitespace(answer)))
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+# "server": vqaEval.py as of GT-Vision-Lab/VQA a4f1afd ("updated for v2.0", 2017), the code
+#   of the VQA challenge's evaluation server: the prediction is always normalised; the
+#   annotators' answers are compared as stored (the official files store them normalised),
+#   with only their punctuation processed when they disagree. (Master's later a013f00, 2021,
+#   normalises nothing when the annotators agree, so "Yes" against ten "yes" scores 0; no
+#   published table uses it.)
+# "open_flamingo": OpenFlamingo 2.0.1's copy (open_flamingo/eval/vqa_metric.py), which fully
+#   normalises the prediction and every answer, always.
+VQA_RULES = ("server", "open_flamingo")
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str], rule: str = "server") -> float:
   """VQA accuracy of one prediction against its annotators' answers (10 in the official sets).
 
   For each annotator, the other annotators who gave the prediction count: min(1, count / 3);
   the accuracy is the mean over annotators. So with 10 answers, 1 / 2 / 3 / 4 matching give
-  0.3 / 0.6 / 0.9 / 1.0. As in the official code, answers and prediction are normalised only
-  when the annotators disagree: if all answers are "yes", the prediction "Yes" scores 0.
+  0.3 / 0.6 / 0.9 / 1.0. What is normalised before comparing depends on `rule` (`VQA_RULES`).
   """
   if not answers:
     raise ValueError("vqa_accuracy needs at least one reference answer, got none")
-  prediction = _clean_whitespace(prediction)
-  answers = [_clean_whitespace(answer) for answer in answers]
-  if len(set(answers)) > 1:
-    prediction = normalize_vqa_answer(prediction)
+  prediction = normalize_vqa_answer(prediction)
+  if rule == "server":
+    if len(set(answers)) > 1:
+      answers = [_strip_punctuation(answer) for answer in answers]
+  elif rule == "open_flamingo":
     answers = [normalize_vqa_answer(answer) for answer in answers]
+  else:
+    raise ValueError(f"Unknown VQA accuracy rule {rule!r}; choose from {VQA_RULES}.")
   matches = [answer == prediction for answer in answers]
   total = sum(matches)
   return sum(min(1.0, (total - match) / 3) for match in matches) / len(answers)
 
 
-def mean_vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
+def mean_vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]],
+                      rule: str = "server") -> float:
   """The mean of `vqa_accuracy` over questions: the benchmark's VQA accuracy."""
   _check_lengths(predictions, answers)
-  return sum(map(vqa_accuracy, predictions, answers)) / len(predictions)
+  return sum(vqa_accuracy(p, a, rule) for p, a in zip(predictions, answers)) / len(predictions)
 
 
 def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
