@@ -137,8 +137,9 @@ def evaluate(config, checkpoint: pathlib.Path, workdir: pathlib.Path) -> dict:
   results = {}
   runs = [(name, shots) for name in data_dirs for shots in e.shots]
   for name, shots in tqdm.tqdm(runs, desc="evaluate"):
-    settings = harness.Settings(style="paper", batch_size=e.batch_size, beam_size=e.beam_size,
-                                max_new_tokens=e.max_new_tokens[name], seed=config.seed)
+    settings = harness.Settings.for_style("paper", batch_size=e.batch_size,
+                                          beam_size=e.beam_size,
+                                          max_new_tokens=e.max_new_tokens[name], seed=config.seed)
     result = harness.evaluate(model, params, config, vocabulary, name, data_dirs[name], shots,
                               settings)
     results.setdefault(name, {})[str(shots)] = result["metrics"]

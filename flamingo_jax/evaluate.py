@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import tokenizer
-from flamingo_jax.evaluation import harness, prompts
+from flamingo_jax.evaluation import harness, metrics, prompts
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 from flamingo_jax.flamingo import factory
 
@@ -44,6 +44,9 @@ flags.DEFINE_integer("batch_size", 8, "Queries per batch.")
 flags.DEFINE_integer("num_samples", 0, "Queries to evaluate, a seeded subset (0: all).")
 flags.DEFINE_integer("beam_size", 3, "Beams for captions and answers (1: greedy).")
 flags.DEFINE_integer("seed", 0, "Seed of the subset and of random support examples.")
+flags.DEFINE_enum("vqa_rule", "server", list(metrics.VQA_RULES),
+                  "VQA accuracy: the evaluation server's or OpenFlamingo's normalisation.")
+flags.DEFINE_float("frames_fps", 3.0, "Rate the video benchmarks' frames were extracted at.")
 flags.mark_flags_as_required(["benchmark", "data_dir"])
 
 
@@ -67,9 +70,10 @@ def main(argv):
     vocabulary = tokenizer.checkpoint_vocabulary(FLAGS.checkpoint, config.data.vocabulary)
   else:
     vocabulary = tokenizer.make_vocabulary(config.data.vocabulary)
-  settings = harness.Settings(style=FLAGS.style, selection=FLAGS.selection,
-                              batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples,
-                              beam_size=FLAGS.beam_size, seed=FLAGS.seed)
+  settings = harness.Settings.for_style(
+      FLAGS.style, selection=FLAGS.selection, batch_size=FLAGS.batch_size,
+      num_samples=FLAGS.num_samples, beam_size=FLAGS.beam_size, vqa_rule=FLAGS.vqa_rule,
+      frames_fps=FLAGS.frames_fps, seed=FLAGS.seed)
   results = {}
   for shots in map(int, FLAGS.shots):
     results[shots] = harness.evaluate(model, params, config, vocabulary, FLAGS.benchmark,

@@ -2,6 +2,7 @@
 the harness and the CLI (tiny model, random weights: the numbers are not the point; that every
 query is read, prompted, decoded and scored is)."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -231,6 +232,86 @@ def test_media_are_the_tower_s_size_and_clips_spread_over_the_video(tmp_path, ti
   size = tiny_config.model.vision.image_size
   assert loader.images(paths[:1]).shape == (1, size, size, 3)
   np.testing.assert_array_equal(loader.clip(paths, 3), loader.images(paths[::2]))
+
+
+def test_the_paper_style_ensembles_close_ended_scores_over_the_orders_of_the_shots(
+    data, setup, tiny_config):
+  # HatefulMemes' prediction is log p(yes) - log p(no), so the ensemble's mean over the 3! = 6
+  # orders of 3 shots shows in it, not only in an argmax.
+  model, params, vocabulary = setup
+  settings = harness.Settings.for_style("paper", batch_size=2, seed=5)
+  assert settings.permutations == 6 and harness.Settings().permutations == 1
+  name, shots = "hateful_memes", 3
+  result = harness.evaluate(model, params, tiny_config, vocabulary, name, str(data[name]),
+                            shots, settings)
+  benchmark = BENCHMARKS[name]
+  queries = benchmark.read(str(data[name]), benchmark.eval_split)
+  support = benchmark.read(str(data[name]), benchmark.support_split)
+  classes = benchmark.classes(str(data[name]))
+  chosen = harness.select_support(settings, shots, queries, support, None,
+                                  np.random.default_rng(settings.seed))
+  format_ = prompts.FORMATS["paper"].get(name, prompts.FORMATS["paper"]["classification"])
+  candidates, mask = right_pad([prompts.answer_tokens(format_, c, vocabulary) for c in classes])
+  loader = media.MediaLoader(tiny_config.model)
+  spreads = []
+  for query, indices in zip(queries, chosen):
+    by_order = []
+    for order in itertools.permutations(indices):
+      shown = [support[i] for i in order]
+      tokens = prompts.prompt_tokens(format_, [(s.question, classes[s.label]) for s in shown],
+                                     query.question, vocabulary)
+      images = np.stack([loader.images(e.image_paths) for e in shown + [query]])[None]
+      scores = candidate_log_likelihoods(model, params, jnp.asarray(images),
+                                         jnp.asarray(tokens[None]), candidates, mask)[0]
+      by_order.append(float(scores[1] - scores[0]))
+    assert result["predictions"][query.id] == pytest.approx(np.mean(by_order), abs=1e-4)
+    spreads.append(max(by_order) - min(by_order))
+  assert max(spreads) > 1e-3  # The orders disagree: the mean is none of them.
+
+
+def test_shot_orders_are_distinct_and_start_with_the_chosen_one():
+  rng = np.random.default_rng(0)
+  orders = harness.shot_orders(4, 6, rng)
+  assert orders[0] == (0, 1, 2, 3) and len(set(orders)) == 6
+  assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
+  assert harness.shot_orders(2, 6, rng) == [(0, 1), (1, 0)]
+  assert harness.shot_orders(4, 1, rng) == [(0, 1, 2, 3)]
+
+
+def test_paper_clips_are_30_frames_at_3_fps_from_the_centre(tmp_path, tiny_config):
+  # Frames extracted at 10 FPS. A 20 s video: the 10 s clip starts at 5 s, frame k at
+  # 5 + k / 3 s, i.e. frame floor(50 + 10 k / 3). A 2 s video: the clip starts at 0 and its
+  # samples past the end repeat the last frame.
+  paths = []
+  for i in range(200):  # Frame i is flat (i, 255 - i, 0): every frame differs.
+    paths.append(str(tmp_path / f"{i}.png"))
+    Image.new("RGB", (40, 36), (i, 255 - i, 0)).save(paths[-1])
+  loader = media.MediaLoader(tiny_config.model)
+  clip = loader.clip_at_rate(paths, 10.0, fps=3.0, num_frames=30)
+  expected = [int(np.floor(50 + 10 * k / 3 + 1e-6)) for k in range(30)]
+  assert expected[:4] == [50, 53, 56, 60] and expected[-1] == 146
+  np.testing.assert_array_equal(clip, loader.images([paths[i] for i in expected]))
+  short = loader.clip_at_rate(paths[:20], 10.0, fps=3.0, num_frames=30)
+  expected = [min(19, int(np.floor(10 * k / 3 + 1e-6))) for k in range(30)]
+  np.testing.assert_array_equal(short, loader.images([paths[i] for i in expected]))
+
+
+def test_the_paper_style_shows_video_models_30_frames(data, setup, tiny_config, monkeypatch):
+  model, params, vocabulary = setup
+  shapes = []
+  real = harness.generation.generate_answers
+
+  def recording(model, params, images, *args, **kwargs):
+    shapes.append(images.shape)
+    return real(model, params, images, *args, **kwargs)
+
+  monkeypatch.setattr(harness.generation, "generate_answers", recording)
+  settings = harness.Settings.for_style("paper", batch_size=2, max_new_tokens=2, beam_size=1)
+  result = harness.evaluate(model, params, tiny_config, vocabulary, "msvdqa",
+                            str(data["msvdqa"]), 1, settings)
+  assert len(result["predictions"]) == 2
+  size = tiny_config.model.vision.image_size
+  assert shapes == [(2, 2, 30, size, size, 3)]  # [B, support + query, frames, S, S, 3].
 
 
 def test_rices_puts_the_most_similar_support_image_next_to_the_query():

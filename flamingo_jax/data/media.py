@@ -5,6 +5,7 @@ frames, the generate CLI's --images.
     loader = MediaLoader(config.model)
     image = loader.image("a.jpg")                  # float32 [S, S, 3]
     frames = loader.clip(frame_paths, num_frames)  # float32 [num_frames, S, S, 3]
+    frames = loader.clip_at_rate(frame_paths, 3.0, fps=3.0, num_frames=30)  # The paper's.
 """
 
 import functools
@@ -14,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from flamingo_jax.data import images as images_lib
+from flamingo_jax.data import video as video_lib
 
 # Prompt images are used as they are: none of the web-scrape filters of training applies.
 UNFILTERED = images_lib.ImageFilter(min_side=1, max_aspect=float("inf"))
@@ -46,3 +48,15 @@ class MediaLoader:
     order), from the first to the last."""
     picked = np.linspace(0, len(frame_paths) - 1, num_frames).round().astype(int)
     return self.images([frame_paths[i] for i in picked])
+
+  def clip_at_rate(self, frame_paths: Sequence[str], frames_fps: float, fps: float,
+                   num_frames: int) -> np.ndarray:
+    """float32 [num_frames, S, S, 3]: the video's centre clip of num_frames frames `1 / fps`
+    seconds apart, from its frames extracted at `frames_fps` (frame k shows time k /
+    frames_fps). As in training's decoding (`data.video`), each sample is the frame on screen
+    at its time, and a video shorter than the clip starts it at 0 and repeats its last frame."""
+    duration = len(frame_paths) / frames_fps
+    times = video_lib.sample_times(video_lib.clip_start(duration, fps, num_frames), fps,
+                                   num_frames)
+    on_screen = np.floor(times * frames_fps + video_lib.TOLERANCE).astype(int)
+    return self.images([frame_paths[i] for i in np.minimum(on_screen, len(frame_paths) - 1)])

@@ -6,14 +6,19 @@ binding.py), builds the prompt (prompts.py), batches prompts and media, hands ea
 evaluator of the benchmark's kind, and scores the predictions with the benchmark's metric.
 - captioning, VQA, video QA, binding: generation.py, beam search until `<EOC>` (OpenFlamingo's
   settings by default: 3 beams, 20 new tokens for captions, 5 for answers);
-- classification: scoring.py, the log-likelihood of every class name, made a prediction as the
-  benchmark says (`Benchmark.prediction`).
+- classification: scoring.py, the log-likelihood of every class name, averaged over orders of
+  the shots (the paper ensembles 6), made a prediction as the benchmark says
+  (`Benchmark.prediction`).
 Zero shots is the paper's zero-shot mode: two text-only support examples.
+
+`Settings.for_style` gives a style's settings: "paper" adds the paper's permutation ensemble
+and its video clips (30 frames at 3 FPS) to its prompts.
 """
 
 import collections
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -27,16 +32,26 @@ from flamingo_jax.evaluation import binding, generation, prompts, rices, scoring
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS, Benchmark
 from flamingo_jax.evaluation.datasets import Example
 
-# images float32 [B, M, T, S, S, 3], tokens and positions int32 [B, L] -> B predictions.
-Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray], list[Any]]
+# images float32 [B, M, T, S, S, 3], tokens and positions int32 [B, L] -> B predictions (or,
+# close-ended, class log-likelihoods [B, C]).
+Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray], list[Any] | np.ndarray]
+
+
+FRAME_SAMPLINGS = ("spread", "rate")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """style: prompt formats, "open_flamingo" or "paper"; selection: "random" or "rices";
   num_samples: queries to evaluate, a seeded random subset (0: all); max_new_tokens: 0 for the
-  task's default; candidate_chunk: class names scored per call; num_frames: frames per clip,
-  spread evenly over the video's frames."""
+  task's default; candidate_chunk: class names scored per call; permutations: orders of the
+  shots whose class log-likelihoods a close-ended prediction averages (at most shots!, the
+  chosen order first); vqa_rule: `metrics.VQA_RULES`.
+  Video: frame_sampling "spread" takes num_frames spread evenly over the video's frames; "rate"
+  its centre clip of num_frames at clip_fps, its frames being extracted at frames_fps
+  (`MediaLoader.clip_at_rate`).
+
+  The defaults are the OpenFlamingo style's; `for_style` gives a style's own."""
   style: str = "open_flamingo"
   selection: str = "random"
   batch_size: int = 8
@@ -45,8 +60,23 @@ class Settings:
   beam_size: int = 3
   length_penalty: float = 0.0
   candidate_chunk: int = 128
+  permutations: int = 1
+  frame_sampling: str = "spread"
   num_frames: int = 8
+  clip_fps: float = 3.0
+  frames_fps: float = 3.0
+  vqa_rule: str = "server"
   seed: int = 0
+
+  @classmethod
+  def for_style(cls, style: str, **overrides) -> "Settings":
+    """The settings of a prompt style, then `overrides`. "paper", as the paper evaluates:
+    close-ended scores ensembled over 6 orders of the shots, and video clips of 30 frames at
+    3 FPS (the resampler's temporal embeddings, trained on 8 frames at 1 FPS, interpolated)."""
+    if style not in prompts.FORMATS:
+      raise ValueError(f"Unknown prompt style {style!r}; choose from {sorted(prompts.FORMATS)}.")
+    paper = dict(permutations=6, frame_sampling="rate", num_frames=30, clip_fps=3.0)
+    return cls(style=style, **{**(paper if style == "paper" else {}), **overrides})
 
 
 def support_answer(classes, example: Example) -> str:
@@ -77,15 +107,26 @@ def select_support(settings: Settings, shots: int, queries: list[Example], suppo
   return rices.random_support(len(queries), len(support), shots, rng)
 
 
+def shot_orders(count: int, permutations: int, rng: np.random.Generator) -> list[tuple]:
+  """min(permutations, count!) distinct orders of `count` shots, as index tuples: the order
+  given first, then random ones."""
+  orders = [tuple(range(count))]
+  while len(orders) < min(permutations, math.factorial(count)):
+    order = tuple(int(i) for i in rng.permutation(count))
+    if order not in orders:
+      orders.append(order)
+  return orders
+
+
 def evaluator(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
               benchmark: Benchmark, format_: prompts.Format, classes, settings: Settings
               ) -> Evaluator:
   """The evaluator of the benchmark's kind, with its settings: close-ended scoring for
-  classification, generation for every other task."""
+  classification (its class log-likelihoods [B, C]), generation for every other task."""
   if benchmark.task == "classification":
-    return functools.partial(scoring.classify, model, params, classes=classes, format_=format_,
-                             vocabulary=vocabulary, chunk=settings.candidate_chunk,
-                             prediction=benchmark.prediction)
+    return lambda images, tokens, positions: scoring.class_log_likelihoods(
+        model, params, jnp.asarray(images), tokens, positions, classes, format_, vocabulary,
+        settings.candidate_chunk)
   return functools.partial(
       generation.generate_answers, model, params, task=benchmark.task, vocabulary=vocabulary,
       stop_token=int(config.model.eoc_token_id),
@@ -112,13 +153,19 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
   video = benchmark.task == "video_vqa"
   if settings.selection == "rices" and video:
     raise ValueError("RICES retrieves by image features; use random support for video.")
+  if settings.frame_sampling not in FRAME_SAMPLINGS:
+    raise ValueError(f"Unknown frame sampling {settings.frame_sampling!r}; choose from "
+                     f"{FRAME_SAMPLINGS}.")
   loader = media_lib.MediaLoader(config.model)
 
   def load(example: Example) -> np.ndarray:
     """float32 [T, S, S, 3]: a clip's frames, or the image."""
-    if video:
+    if not video:
+      return loader.images(example.image_paths)
+    if settings.frame_sampling == "spread":
       return loader.clip(example.image_paths, settings.num_frames)
-    return loader.images(example.image_paths)
+    return loader.clip_at_rate(example.image_paths, settings.frames_fps, settings.clip_fps,
+                               settings.num_frames)
 
   def features(examples):
     return np.concatenate([np.asarray(rices.pooled_features(
@@ -127,13 +174,16 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
 
   chosen = select_support(settings, shots, queries, support, features, rng, episodic)
   predict = evaluator(model, params, config, vocabulary, benchmark, format_, classes, settings)
+  close_ended = benchmark.task == "classification"
+  orders = shot_orders(chosen.shape[1], settings.permutations if close_ended else 1, rng)
   text_only = shots == 0
-  predictions = {}
-  for start in range(0, len(queries), settings.batch_size):
-    batch = queries[start:start + settings.batch_size]
+
+  def inputs(batch: list[Example], rows: np.ndarray, order: tuple):
+    """The batch's left-padded prompts (tokens, positions int32 [B, L]) and media [B, M, ...],
+    each query's shots in `order`."""
     prompt_list, media = [], []
-    for query, indices in zip(batch, chosen[start:start + settings.batch_size]):
-      shown = [support[i] for i in indices]
+    for query, indices in zip(batch, rows):
+      shown = [support[indices[k]] for k in order]
       prompt_list.append(prompts.prompt_tokens(
           format_, [(s.question, support_answer(classes, s)) for s in shown],
           query.question, vocabulary, text_only_support=text_only))
@@ -143,6 +193,19 @@ def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio
     prompt_list += [prompt_list[-1]] * filler
     media += [media[-1]] * filler
     tokens, positions = left_pad(prompt_list, length=bucket(max(map(len, prompt_list))))
-    for query, prediction in zip(batch, predict(np.stack(media), tokens, positions)):
+    return np.stack(media), tokens, positions
+
+  predictions = {}
+  for start in range(0, len(queries), settings.batch_size):
+    batch = queries[start:start + settings.batch_size]
+    rows = chosen[start:start + settings.batch_size]
+    if close_ended:
+      scores = np.mean([predict(*inputs(batch, rows, order)) for order in orders], axis=0)
+      outputs = [benchmark.prediction(row) for row in scores]
+    else:
+      outputs = predict(*inputs(batch, rows, orders[0]))
+    for query, prediction in zip(batch, outputs):
       predictions[query.id] = prediction
-  return {"metrics": benchmark.metric(predictions, queries), "predictions": predictions}
+  metric = (functools.partial(benchmark.metric, rule=settings.vqa_rule)
+            if benchmark.task == "vqa" else benchmark.metric)
+  return {"metrics": metric(predictions, queries), "predictions": predictions}

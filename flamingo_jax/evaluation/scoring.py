@@ -1,12 +1,10 @@
 """Close-ended evaluation (classification): the log-likelihood of every class name, then `<EOC>`,
-after each prompt; the benchmark says how a query's scores become its prediction
-(`Benchmark.prediction`: the best class, or a score of the positive one)."""
-
-from typing import Any, Callable
+after each prompt; the harness averages them over orders of the shots, and the benchmark says
+how a query's scores become its prediction (`Benchmark.prediction`: the best class, or a score
+of the positive one)."""
 
 import jax.numpy as jnp
 import numpy as np
-import seqio
 
 from flamingo_jax.decode import candidate_log_likelihoods, right_pad
 from flamingo_jax.evaluation import prompts
@@ -28,13 +26,3 @@ def class_log_likelihoods(model, params, images, tokens, positions, classes, for
         model, params, images, jnp.asarray(tokens), jnp.asarray(tokens_c), jnp.asarray(mask),
         jnp.asarray(positions)))[:, :len(part)])
   return np.concatenate(scores, axis=1)
-
-
-def classify(model, params, images, tokens, positions, *, classes: tuple[str, ...],
-             format_: prompts.Format, vocabulary: seqio.Vocabulary, chunk: int,
-             prediction: Callable[[np.ndarray], Any]) -> list:
-  """images float32 [B, M, T, S, S, 3], left-padded prompts tokens / positions int32 [B, L] ->
-  the B predictions, `prediction` of each prompt's class log-likelihoods."""
-  scores = class_log_likelihoods(model, params, jnp.asarray(images), tokens, positions, classes,
-                                 format_, vocabulary, chunk)
-  return [prediction(row) for row in scores]
