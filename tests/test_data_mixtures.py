@@ -152,7 +152,7 @@ def test_a_mixture_step_trains_the_model(tiny_model):
   opt_config.warmup_steps = 1
   tx = optimizer.make_optimizer(opt_config)
   state, frozen = step_lib.init_train_state(params, tx, config.model.trainable)
-  train_step = jax.jit(lambda s, b: step_lib.train_step(model, tx, s, frozen, b))
+  train_step = jax.jit(lambda s, b: step_lib.train_step(model, tx, s, frozen, b, "per_token"))
   for batches in steps(mixtures.make_iterator(config), 2):
     state, metrics = train_step(state, batches)
   assert set(metrics) == {"loss", "grad_norm", *(f"loss/{n}" for n in config.data.tasks)}

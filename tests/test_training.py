@@ -13,7 +13,6 @@ from flamingo_jax.configs import base
 from flamingo_jax.flamingo import factory, trainable
 from flamingo_jax.train import optimizer, step as step_lib
 
-from conftest import REPO
 from test_flamingo import interleaved_batch
 
 
@@ -60,7 +59,7 @@ def test_frozen_parameters_have_no_gradient_and_no_optimizer_state(tiny_config, 
       x.size for x in jax.tree.leaves(state.params))
 
   batch = one_dataset_step(make_batch(tiny_config))
-  step = jax.jit(lambda s, f, b: step_lib.train_step(model, tx, s, f, b))
+  step = jax.jit(lambda s, f, b: step_lib.train_step(model, tx, s, f, b, "per_token"))
   new_state, metrics = step(state, frozen, batch)  # Learning rate 0: warm-up starts at 0.
   new_state, metrics = step(new_state, frozen, batch)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
@@ -95,7 +94,7 @@ def test_train_step_lowers_the_loss(tiny_config, tiny_model):
   model, params = tiny_model
   tx, state, frozen = short_warmup_state(tiny_config, params, 3e-3)
   batch = one_dataset_step(make_batch(tiny_config))
-  step = jax.jit(lambda s, b: step_lib.train_step(model, tx, s, frozen, b))
+  step = jax.jit(lambda s, b: step_lib.train_step(model, tx, s, frozen, b, "per_token"))
   losses = []
   for _ in range(30):
     state, metrics = step(state, batch)
@@ -146,20 +145,20 @@ def test_per_sequence_loss_is_the_papers_eq_2(tiny_config, tiny_model):
   train, frozen = trainable.split(params, tiny_config.model.trainable)
   for microbatches in (1, 2):
     loss, per_batch, _ = jax.jit(lambda t: step_lib.loss_and_grads(
-        model, t, frozen, batches, microbatches, "per_sequence"))(train)
+        model, t, frozen, batches, "per_sequence", microbatches))(train)
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
     np.testing.assert_allclose(float(per_batch["loss/doc"]), sums["doc"][0] / sums["doc"][2],
                                rtol=1e-5)
-  token_mean, _, _ = step_lib.loss_and_grads(model, train, frozen, batches)
+  token_mean, _, _ = step_lib.loss_and_grads(model, train, frozen, batches, "per_token")
   assert abs(float(token_mean) - float(expected)) > 1e-2
 
 
 def test_paper_configs_normalise_per_sequence_and_the_others_per_token(tiny_config):
   for name in ("flamingo_3b", "flamingo_9b", "flamingo_80b"):
-    config = flamingo_jax.load_config(str(REPO / "configs" / f"{name}.py"))
+    config = flamingo_jax.load_config(name)
     assert config.train.loss_normalization == "per_sequence", name
   assert tiny_config.train.loss_normalization == "per_token"
-  demo = flamingo_jax.load_config(str(REPO / "configs" / "demo.py"))
+  demo = flamingo_jax.load_config("demo")
   assert demo.train.loss_normalization == "per_token"
   with pytest.raises(ValueError, match="per_sequence"):
     step_lib.loss_denominators(two_datasets(tiny_config), "per_example")
@@ -230,7 +229,8 @@ def test_microbatches_add_up_to_the_whole_batch(tiny_config, tiny_model):
   short = {**doc, "weights": doc["weights"].at[0, 5:].set(0.0)}  # Rows of unequal token counts.
   batches = {"doc": {**doc, "loss_weight": jnp.float32(1.0)},
              "short": {**short, "loss_weight": jnp.float32(0.2)}}
-  whole = jax.jit(lambda t: step_lib.loss_and_grads(model, t, frozen, batches))(train)
-  sliced = jax.jit(lambda t: step_lib.loss_and_grads(model, t, frozen, batches, 2))(train)
+  whole = jax.jit(lambda t: step_lib.loss_and_grads(model, t, frozen, batches, "per_token"))(train)
+  sliced = jax.jit(lambda t: step_lib.loss_and_grads(model, t, frozen, batches, "per_token",
+                                                      2))(train)
   # Equal up to float summation order.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), whole, sliced)

@@ -97,8 +97,8 @@ def split_microbatches(batches: dict, microbatches: int) -> dict:
   return jax.tree.map(split, batches)
 
 
-def loss_and_grads(model, train, frozen, batches: dict, microbatches: int = 1,
-                   normalization: str = "per_token"):
+def loss_and_grads(model, train, frozen, batches: dict, normalization: str,
+                   microbatches: int = 1):
   """(loss, per-batch losses, gradients of the trainable parameters), the batches processed
   whole or in `microbatches` sequential slices whose gradients add up (lax.scan: one slice's
   activations live at a time). Equal up to float summation order. normalization: one of
@@ -128,11 +128,11 @@ def loss_and_grads(model, train, frozen, batches: dict, microbatches: int = 1,
 
 
 def train_step(model, tx: optax.GradientTransformation, state: TrainState, frozen, batches,
-               microbatches: int = 1, normalization: str = "per_token"):
+               normalization: str, microbatches: int = 1):
   """One optimiser step on one mixture step's batches (`mixture_loss`, normalised per
   `normalization`). Returns (new state, metrics)."""
-  loss, per_batch, grads = loss_and_grads(model, state.params, frozen, batches, microbatches,
-                                          normalization)
+  loss, per_batch, grads = loss_and_grads(model, state.params, frozen, batches, normalization,
+                                          microbatches)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **per_batch}

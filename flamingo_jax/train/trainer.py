@@ -153,8 +153,8 @@ class Trainer:
       batch_shardings = jax.tree.map(lambda x: x.sharding, batches)
       step_fn = jax.jit(
           lambda s, f, b: step_lib.train_step(self.model, self.tx, s, f, b,
-                                              self.config.train.microbatches,
-                                              self.config.train.loss_normalization),
+                                              self.config.train.loss_normalization,
+                                              self.config.train.microbatches),
           in_shardings=(self.state_shardings, self.frozen_shardings, batch_shardings),
           out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
           donate_argnums=(0,))
@@ -172,8 +172,9 @@ class Trainer:
     config.model.remat = "none"
     model = factory.build_model(config)
     return flops_lib.count(
-        lambda s, f, b: step_lib.train_step(model, self.tx, s, f, b, config.train.microbatches,
-                                            config.train.loss_normalization),
+        lambda s, f, b: step_lib.train_step(model, self.tx, s, f, b,
+                                            config.train.loss_normalization,
+                                            config.train.microbatches),
         state, frozen, batches)
 
 
