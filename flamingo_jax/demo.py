@@ -90,6 +90,9 @@ def pretrained(workdir: pathlib.Path, description: str, train_fn):
   """Runs (or skips) a pretraining stage `train_fn() -> (params, history)`, keeping
   its parameters (orbax) and history in `workdir`; returns the parameters."""
   path = (workdir / "params").resolve()
+  # The checkpointer writes in the background: the directory must exist before the history
+  # goes in beside its parameters.
+  workdir.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
     if not path.exists():
       print(f"== {description}", flush=True)

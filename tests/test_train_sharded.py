@@ -55,6 +55,10 @@ def test_a_step_on_a_2x2x2_mesh_equals_the_step_on_one_device():
   assert float(single.params["gated_xattn_0"]["attention_gate"]) != 0
   query = lambda p: p["gated_xattn_0"]["attention"]["query"]["kernel"]
   assert np.any(query(single.params) != query(initial))
-  # ...the same way on both meshes.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+  # ...the same way on both meshes. Adam's first update is lr * g / (|g| + eps): where |g| is
+  # near eps (an <EOC> row's gradient of 2e-7, a sum that mostly cancels), the two meshes'
+  # different summation orders move it by a fraction of a percent of the learning rate (0.3%
+  # seen). A sharding error moves whole tensors by up to 2 lr.
+  step_size = config.train.optimizer.learning_rate
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=0.01 * step_size),
                sharded.params, single.params)
