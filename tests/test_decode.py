@@ -128,6 +128,35 @@ def test_prompts_of_different_lengths_decode_as_they_would_alone(setup):
         model, params, images[b:b + 1], alone, NEW_TOKENS, beam_size=2, stop_token=stop)[0][0])
 
 
+def test_a_batch_of_eight_prompts_of_different_lengths_decodes_as_each_alone(setup):
+  # Eight prompts cut from the two rows at different lengths, each with its own images: greedy
+  # tokens, beams (3) and candidate scores of the batch of 8 equal those of batches of 1.
+  model, params, images, prompts, stop = setup
+  cuts = [5, 9, 13, 17, 8, 12, 15, 18]
+  rows = [list(np.asarray(prompts[i % 2, :cut])) for i, cut in enumerate(cuts)]
+  batch_images = jnp.flip(images, axis=1)[jnp.asarray([i % 2 for i in range(8)])]
+  batch_images = batch_images * (1 + 0.1 * jnp.arange(8))[:, None, None, None, None, None]
+  tokens, positions = left_pad(rows)
+  greedy = generate(model, params, batch_images, tokens, NEW_TOKENS, positions=positions,
+                    stop_token=stop)
+  beams, beam_scores = beam_search(model, params, batch_images, tokens, NEW_TOKENS,
+                                   beam_size=3, positions=positions, stop_token=stop)
+  candidates, mask = right_pad([[5, 17, 200], [9], [100, 3]])
+  scores = candidate_log_likelihoods(model, params, batch_images, tokens, candidates, mask,
+                                     positions)
+  assert len({tuple(np.asarray(g)) for g in greedy}) > 2  # The rows do decode differently.
+  for b, row in enumerate(rows):
+    alone, row_images = jnp.asarray([row], jnp.int32), batch_images[b:b + 1]
+    np.testing.assert_array_equal(greedy[b], generate(model, params, row_images, alone,
+                                                      NEW_TOKENS, stop_token=stop)[0])
+    alone_beams, alone_scores = beam_search(model, params, row_images, alone, NEW_TOKENS,
+                                            beam_size=3, stop_token=stop)
+    np.testing.assert_array_equal(beams[b], alone_beams[0])
+    np.testing.assert_allclose(beam_scores[b], alone_scores[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores[b], candidate_log_likelihoods(
+        model, params, row_images, alone, candidates, mask)[0], rtol=1e-5, atol=1e-4)
+
+
 def test_candidate_log_likelihoods_equal_the_full_forward(setup):
   model, params, images, prompts, _ = setup
   candidates = [[5, 17, 200], [9], [100, 3]]
