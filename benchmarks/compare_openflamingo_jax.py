@@ -167,10 +167,12 @@ class Side:
     images, tokens = jnp.asarray(images[:, :, None]), self.ours(tokens)
     eoc, n, runs = self.config.model.eoc_token_id, spec["new_tokens"], spec["runs"]
     mask = np.arange(candidates.shape[1]) < lengths[:, None]
+    # Every call encodes its media, as open-flamingo's generate() does once per call.
+    visual = lambda: decode.encode(self.model, self.params, images)
     calls = {
-        "greedy": lambda n: decode.generate(self.model, self.params, images, tokens, n,
+        "greedy": lambda n: decode.generate(self.model, self.params, visual(), tokens, n,
                                             stop_token=eoc),
-        "beam": lambda n: decode.beam_search(self.model, self.params, images, tokens, n,
+        "beam": lambda n: decode.beam_search(self.model, self.params, visual(), tokens, n,
                                              beam_size=spec["beams"], stop_token=eoc),
     }
     seconds, outputs = {}, {}
@@ -181,7 +183,7 @@ class Side:
       seconds[f"{name}_first_token"], _ = measure.seconds(
           lambda: jax.block_until_ready(call(1)), runs)
     seconds["score"], scores = measure.seconds(lambda: jax.block_until_ready(
-        decode.candidate_log_likelihoods(self.model, self.params, images, tokens,
+        decode.candidate_log_likelihoods(self.model, self.params, visual(), tokens,
                                          jnp.asarray(candidates), jnp.asarray(mask))), runs)
     seqs, beam_scores = outputs["beam"]
     return seconds, dict(greedy=self.theirs(outputs["greedy"]), beam=self.theirs(seqs),

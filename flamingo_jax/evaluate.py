@@ -4,7 +4,9 @@
       --shots=0,4,8,16,32
 
 The model comes from a `flamingo_jax.save` directory (with its config, or with --config's,
-which must have the same parameter shapes). Prints a table of the benchmark's metrics per
+which must have the same parameter shapes), its parameters sharded over the config's mesh (all
+devices; --mesh overrides its sizes) as training places them, the frozen ones in
+--frozen_dtype. Prints a table of the benchmark's metrics per
 number of shots and writes them, with every prediction, to --output as JSON. Without
 --checkpoint the model has random weights (a dry run of the pipeline). Text goes through
 --vocabulary, else the checkpoint's `tokenizer.json` when it has one, else the config's
@@ -23,6 +25,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
 from ml_collections import config_flags
 
+from flamingo_jax import sharding
 from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import tokenizer
 from flamingo_jax.evaluation import harness, metrics, prompts
@@ -47,6 +50,10 @@ flags.DEFINE_integer("seed", 0, "Seed of the subset and of random support exampl
 flags.DEFINE_enum("vqa_rule", "server", list(metrics.VQA_RULES),
                   "VQA accuracy: the evaluation server's or OpenFlamingo's normalisation.")
 flags.DEFINE_float("frames_fps", 3.0, "Rate the video benchmarks' frames were extracted at.")
+flags.DEFINE_list("mesh", None, "data,fsdp,tensor sizes of the device mesh (-1: the devices "
+                  "left; default: the config's mesh).")
+flags.DEFINE_string("frozen_dtype", None, "dtype of the frozen parameters, e.g. bfloat16 "
+                    "(default: the config's param_dtype).")
 flags.mark_flags_as_required(["benchmark", "data_dir"])
 
 
@@ -56,14 +63,17 @@ def output_path() -> pathlib.Path:
 
 def main(argv):
   del argv
-  if FLAGS.checkpoint:
-    model, params, config = orbax_io.load(FLAGS.checkpoint, FLAGS.config)
-  elif FLAGS.config is not None:
-    print("No --checkpoint: RANDOM weights, the numbers mean nothing.")
-    config = FLAGS.config
-    model, params = factory.create(config, jax.random.key(config.seed))
-  else:
+  if FLAGS.config is None and not FLAGS.checkpoint:
     raise app.UsageError("Give --checkpoint, --config or both.")
+  config = FLAGS.config if FLAGS.config is not None else orbax_io.load_config_json(
+      FLAGS.checkpoint)
+  config.mesh.update(dict(zip(sharding.MESH_AXES, map(int, FLAGS.mesh or ()))))
+  mesh = sharding.make_mesh(config.mesh)
+  if FLAGS.checkpoint:
+    model, params, config = orbax_io.load(FLAGS.checkpoint, config, mesh, FLAGS.frozen_dtype)
+  else:
+    print("No --checkpoint: RANDOM weights, the numbers mean nothing.")
+    model, params = factory.create(config, jax.random.key(config.seed))
   if FLAGS.vocabulary:
     vocabulary = tokenizer.make_vocabulary(FLAGS.vocabulary)
   elif FLAGS.checkpoint:

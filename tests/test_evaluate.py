@@ -17,12 +17,12 @@ import pytest
 import flamingo_jax
 from flamingo_jax.data import media
 from flamingo_jax.data.tokenizer import decode_text, make_vocabulary
-from flamingo_jax.decode import candidate_log_likelihoods, generate, right_pad
+from flamingo_jax.decode import candidate_log_likelihoods, encode, generate, right_pad
 from flamingo_jax.evaluation import harness, prompts, rices
 from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 
-from conftest import REPO
+from conftest import REPO, user_environment
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40), (90, 90, 90),
            (250, 250, 250)]
@@ -174,8 +174,8 @@ def test_batched_predictions_equal_one_query_at_a_time(data, setup, tiny_config)
     tokens = prompts.prompt_tokens(format_, [(s.question, s.answers[0]) for s in shown],
                                    query.question, vocabulary)
     images = np.stack([loader.images(e.image_paths) for e in shown + [query]])[None]
-    new = generate(model, params, jnp.asarray(images), jnp.asarray(tokens[None]), 4,
-                   stop_token=stop)[0]
+    new = generate(model, params, encode(model, params, jnp.asarray(images)),
+                   jnp.asarray(tokens[None]), 4, stop_token=stop)[0]
     answer = prompts.postprocess(decode_text(np.asarray(new), vocabulary, stop), "vqa")
     assert result["predictions"][query.id] == answer
 
@@ -218,7 +218,7 @@ def test_imagenet_predicts_the_class_with_the_highest_likelihood(data, setup, ti
     tokens = prompts.prompt_tokens(format_, [(None, classes[support[i].label]) for i in indices],
                                    None, vocabulary, text_only_support=True)
     images = loader.images(query.image_paths)[None, None]
-    scores = candidate_log_likelihoods(model, params, jnp.asarray(images),
+    scores = candidate_log_likelihoods(model, params, encode(model, params, jnp.asarray(images)),
                                        jnp.asarray(tokens[None]), candidates, mask)
     assert result["predictions"][query.id] == int(np.argmax(scores[0]))
 
@@ -261,7 +261,7 @@ def test_the_paper_style_ensembles_close_ended_scores_over_the_orders_of_the_sho
       tokens = prompts.prompt_tokens(format_, [(s.question, classes[s.label]) for s in shown],
                                      query.question, vocabulary)
       images = np.stack([loader.images(e.image_paths) for e in shown + [query]])[None]
-      scores = candidate_log_likelihoods(model, params, jnp.asarray(images),
+      scores = candidate_log_likelihoods(model, params, encode(model, params, jnp.asarray(images)),
                                          jnp.asarray(tokens[None]), candidates, mask)[0]
       by_order.append(float(scores[1] - scores[0]))
     assert result["predictions"][query.id] == pytest.approx(np.mean(by_order), abs=1e-4)
@@ -299,13 +299,13 @@ def test_paper_clips_are_30_frames_at_3_fps_from_the_centre(tmp_path, tiny_confi
 def test_the_paper_style_shows_video_models_30_frames(data, setup, tiny_config, monkeypatch):
   model, params, vocabulary = setup
   shapes = []
-  real = harness.generation.generate_answers
+  real = harness.encode
 
-  def recording(model, params, images, *args, **kwargs):
+  def recording(model, params, images):
     shapes.append(images.shape)
-    return real(model, params, images, *args, **kwargs)
+    return real(model, params, images)
 
-  monkeypatch.setattr(harness.generation, "generate_answers", recording)
+  monkeypatch.setattr(harness, "encode", recording)
   settings = harness.Settings.for_style("paper", batch_size=2, max_new_tokens=2, beam_size=1)
   result = harness.evaluate(model, params, tiny_config, vocabulary, "msvdqa",
                             str(data["msvdqa"]), 1, settings)
@@ -321,17 +321,25 @@ def test_rices_puts_the_most_similar_support_image_next_to_the_query():
 
 
 @pytest.mark.slow
-def test_cli_writes_a_table_and_json(tmp_path, data, tiny_config, tiny_model):
+def test_cli_writes_a_table_and_json_on_one_device_and_on_an_fsdp_by_tensor_mesh(
+    tmp_path, data, tiny_config, tiny_model):
+  """The CLI on this machine's 8 CPU devices: the tiny config's mesh, and --mesh=1,4,2 (the
+  parameters split 4 x 2) give the same predictions."""
   flamingo_jax.save(tmp_path / "ckpt", tiny_model[1], tiny_config)
-  output = tmp_path / "okvqa.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  run = subprocess.run(
-      [sys.executable, "-m", "flamingo_jax.evaluate", f"--checkpoint={tmp_path / 'ckpt'}",
-       "--benchmark=okvqa", f"--data_dir={data['okvqa']}", "--shots=0,2", "--batch_size=2",
-       "--beam_size=1", "--selection=rices", f"--output={output}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "| okvqa shots | accuracy |" in run.stdout
-  results = json.loads(output.read_text())
-  assert set(results["results"]) == {"0", "2"}
-  assert len(results["results"]["2"]["predictions"]) == 3
+  outputs = {}
+  for mesh in ["1,1,1", "1,4,2"]:
+    # One device as a user's shell has it, or the 8 this session's XLA_FLAGS give.
+    env = user_environment() if mesh == "1,1,1" else dict(os.environ, JAX_PLATFORMS="cpu")
+    output = tmp_path / f"okvqa_{mesh}.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "flamingo_jax.evaluate", f"--checkpoint={tmp_path / 'ckpt'}",
+         "--benchmark=okvqa", f"--data_dir={data['okvqa']}", "--shots=0,2", "--batch_size=2",
+         "--beam_size=1", "--selection=rices", f"--mesh={mesh}", f"--output={output}"],
+        cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| okvqa shots | accuracy |" in run.stdout
+    outputs[mesh] = json.loads(output.read_text())["results"]
+  assert set(outputs["1,4,2"]) == {"0", "2"}
+  assert len(outputs["1,4,2"]["2"]["predictions"]) == 3
+  assert outputs["1,4,2"] == outputs["1,1,1"]

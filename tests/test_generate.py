@@ -9,6 +9,8 @@ import seqio
 
 import flamingo_jax
 from flamingo_jax import generate
+from flamingo_jax.flamingo.model import lm_config
+from flamingo_jax.lm.model import DecoderLM
 
 
 def test_prompt_tokens_place_media_and_eoc():
@@ -36,3 +38,21 @@ def test_flamingo_mode_prints_a_continuation(tmp_path, tiny_config, tiny_model, 
 def test_flamingo_mode_wants_one_image_per_media_token():
   with pytest.raises(ValueError, match="2 <image>s and --images names 1 files"):
     generate.flamingo_generation("unread", "<image>a<image>b", ["a.png"])
+
+
+def test_a_text_only_prompt_continues_as_the_frozen_lm_until_the_gates_open(
+    tmp_path, tiny_config, tiny_model):
+  """No <image>, no --images: at initialisation (every tanh gate 0) a Flamingo checkpoint
+  continues a prompt as its frozen LM alone does; sharded over an fsdp x tensor mesh too."""
+  model, params = tiny_model
+  flamingo_jax.save(tmp_path / "ckpt", params, tiny_config)
+  vocabulary = seqio.ByteVocabulary()
+  lm = DecoderLM(lm_config(tiny_config.model))
+  expected = generate.complete(lm, params["lm"], None, generate.opening(vocabulary)
+                               + vocabulary.encode("a cat sat"), 8, stop_token=-1)
+  for mesh in [(), ("1", "4", "2")]:
+    setup = generate.flamingo_generation(str(tmp_path / "ckpt"), "a cat sat", [], mesh)
+    flamingo, loaded, visual, tokens, _, _ = setup
+    assert visual.shape[1] == 0
+    np.testing.assert_array_equal(
+        generate.complete(flamingo, loaded, visual, tokens, 8, stop_token=-1), expected)

@@ -18,7 +18,7 @@ from flamingo_jax.configs import base
 from flamingo_jax.checkpoints import engine, hf_lm
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
 from flamingo_jax.lm.model import DecodeState, DecoderLM, LMConfig
-from flamingo_jax.train import partitioning
+from flamingo_jax import sharding
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -166,10 +166,10 @@ def test_sharded_placement_on_the_cpu_mesh(tmp_path):
   model.save_pretrained(tmp_path)
   fields = hf_lm.lm_config_from_hf(model.config.to_dict())
   config = LMConfig.from_dict(fields | dict(num_extra_tokens=2))
-  mesh = partitioning.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
   variables = jax.eval_shape(DecoderLM(config).init, jax.random.key(0),
                              jnp.zeros((1, 1), jnp.int32))
-  shardings = partitioning.shardings(nn.get_partition_spec(variables["params"]),
+  shardings = sharding.shardings(nn.get_partition_spec(variables["params"]),
                                      nn.meta.unbox(variables["params"]), mesh,
                                      base.PARTITIONING_RULES)
   sharded, _ = hf_lm.import_lm(tmp_path, config, shardings)

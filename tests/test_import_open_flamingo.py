@@ -16,7 +16,7 @@ from flamingo_jax.flamingo import factory
 from flamingo_jax.configs import base
 from flamingo_jax.checkpoints import flamingo_sources as importer
 from flamingo_jax.checkpoints.open_flamingo import flamingo_token_ids
-from flamingo_jax.train import partitioning
+from flamingo_jax import sharding
 from test_import_vision import convert, word_tokenizer
 
 torch = pytest.importorskip("torch")
@@ -149,11 +149,11 @@ def test_llama_state_dict_matches_open_flamingo(tiny_config, tmp_path):
 
   # On the 8-device CPU mesh (fsdp 2 x tensor 4), every parameter, the fresh one too, arrives
   # with its sharding.
-  mesh = partitioning.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
   flat = factory.unscanned(config)
   flamingo = factory.build_model(flat)
   shapes, axes = factory.abstract_params_and_axes(flamingo, flat)
-  shardings = partitioning.shardings(axes, shapes, mesh, base.PARTITIONING_RULES)
+  shardings = sharding.shardings(axes, shapes, mesh, base.PARTITIONING_RULES)
   sharded, _ = importer.import_open_flamingo(tmp_path / "released.pt", config, lm_path,
                                              tmp_path / "clip.pt", shardings)
   jax.tree.map(assert_sharded, sharded, shardings)

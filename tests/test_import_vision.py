@@ -20,7 +20,7 @@ from conftest import REPO, user_environment
 from flamingo_jax.configs import base
 from flamingo_jax.checkpoints import engine, vit as importer
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
-from flamingo_jax.train import partitioning
+from flamingo_jax import sharding
 from flamingo_jax.vision import make_vision_encoder
 
 torch = pytest.importorskip("torch")
@@ -255,8 +255,8 @@ def test_sharded_placement_on_the_cpu_mesh(tmp_path):
   vision = importer.vision_config_from_hf(model.config.to_dict())
   tower = make_vision_encoder(ml_collections.ConfigDict(vision))
   variables = jax.eval_shape(tower.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  mesh = partitioning.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
-  shardings = partitioning.shardings(nn.get_partition_spec(variables["params"]),
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
+  shardings = sharding.shardings(nn.get_partition_spec(variables["params"]),
                                      nn.meta.unbox(variables["params"]), mesh,
                                      base.PARTITIONING_RULES)
   sharded, _ = importer.import_hf_vision(tmp_path, shardings=shardings)

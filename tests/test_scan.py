@@ -10,7 +10,7 @@ import pytest
 
 import flamingo_jax
 from flamingo_jax.checkpoints import orbax_io
-from flamingo_jax.decode import generate
+from flamingo_jax.decode import encode, generate
 from flamingo_jax.flamingo import Flamingo, FlamingoDecodeState, trainable
 from flamingo_jax.flamingo.scan import Layout, stack_layers, unstack_layers
 from flamingo_jax.flamingo.factory import abstract_params_and_axes, build_model
@@ -170,7 +170,8 @@ def test_scanned_decoding_equals_unscanned(tiny_config, tiny_model):
   # test_flamingo's cached decoding test).
   np.testing.assert_allclose(chunked, full, atol=5e-4)
   prompt = tokens.shape[1] - 6
-  generated = generate(scanned_model, stacked, images, tokens[:, :prompt], 6)
+  generated = generate(scanned_model, stacked, encode(scanned_model, stacked, images),
+                       tokens[:, :prompt], 6)
   logits = forward(model, params, images, jnp.concatenate([tokens[:, :prompt], generated], 1))
   np.testing.assert_array_equal(jnp.argmax(logits[:, prompt - 1:-1], axis=-1), generated)
 

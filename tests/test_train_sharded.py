@@ -5,7 +5,8 @@ import numpy as np
 
 from flamingo_jax.configs import load_config
 from flamingo_jax.data import mixtures
-from flamingo_jax.train import partitioning, trainer as trainer_lib
+from flamingo_jax import sharding
+from flamingo_jax.train import trainer as trainer_lib
 
 
 def small_config():
@@ -26,7 +27,7 @@ def one_step(config, devices, batches):
   trainer = trainer_lib.Trainer(config, devices)
   train, frozen = trainer.initial_params()
   state = trainer.initial_state(train)
-  batches = partitioning.global_batch(batches, trainer.mesh, trainer.rules)
+  batches = sharding.global_batch(batches, trainer.mesh, trainer.rules)
   executable, _ = trainer.compiled_step(state, frozen, batches)
   state, metrics = executable(state, frozen, batches)
   return trainer, jax.device_get(state), jax.device_get(metrics)

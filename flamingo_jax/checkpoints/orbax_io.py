@@ -7,15 +7,20 @@ block, flamingo_jax.flamingo.scan), whatever `config.model.scan_layers` says, so
 checkpoint loads into a model with either layout.
 """
 
+import functools
 import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
 import ml_collections
 import orbax.checkpoint as ocp
 
-from flamingo_jax.flamingo.scan import stack_layers, unstack_layers
+from flamingo_jax import sharding
 from flamingo_jax.flamingo.factory import abstract_params_and_axes, build_model, unscanned
+from flamingo_jax.flamingo.scan import stack_layers, unstack_layers
+from flamingo_jax.flamingo.trainable import is_trainable
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -41,21 +46,44 @@ def load_config_json(directory) -> ml_collections.ConfigDict:
 
 def restore_unscanned(directory, abstract):
   """The unscanned parameters of a `save` directory; abstract: their tree of
-  ShapeDtypeStructs, whose shardings (if any) place them."""
+  ShapeDtypeStructs, whose shardings place them and whose dtypes they are cast to."""
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(pathlib.Path(directory).resolve() / PARAMS_DIR, abstract)
 
 
-def load(directory, config: ml_collections.ConfigDict | None = None):
-  """(model, params, config) from a directory written by `save`, on this host's first device;
-  params in the layout of `config`, by default the stored config (another config must give the
-  same parameter shapes: a dtype, the layer scan or the data may differ)."""
-  config = load_config_json(directory) if config is None else config
+def restore(directory, config: ml_collections.ConfigDict, mesh: Mesh,
+            frozen_dtype: str | None = None):
+  """The parameters of a `save` directory in the layout of `config`, every tensor placed on
+  `mesh` by its logical axes (`config.partitioning.rules`, as training places them) and read by
+  orbax straight into its shards, on every host its own; the frozen ones
+  (`config.model.trainable`) in `frozen_dtype` (default: `config.model.param_dtype`)."""
+  axis_rules = sharding.rules(config)
   flat = unscanned(config)
-  # On this host's first device: the checkpoint's own shardings name the devices it was
-  # written from, which another machine (or device count) does not have.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  shapes, _ = abstract_params_and_axes(build_model(flat), flat)
-  params = restore_unscanned(directory, jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes))
-  return build_model(config), stack_layers(params, config.model), config
+  abstract, axes = abstract_params_and_axes(build_model(flat), flat)
+  frozen_dtype = jnp.dtype(frozen_dtype or config.model.param_dtype)
+
+  def placed(path, x, place):
+    trainable = is_trainable("/".join(k.key for k in path), config.model.trainable)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype if trainable else frozen_dtype, sharding=place)
+  params = restore_unscanned(directory, jax.tree_util.tree_map_with_path(
+      placed, abstract, sharding.shardings(axes, abstract, mesh, axis_rules)))
+  if not config.model.scan_layers:
+    return params
+  # Stored unscanned: stacked on the devices, into the scanned layout's shardings.
+  scanned, scanned_axes = abstract_params_and_axes(build_model(config), config)
+  return jax.jit(functools.partial(stack_layers, model_config=config.model),
+                 out_shardings=sharding.shardings(scanned_axes, scanned, mesh, axis_rules))(params)
+
+
+def load(directory, config: ml_collections.ConfigDict | None = None, mesh: Mesh | None = None,
+         frozen_dtype: str | None = None):
+  """(model, params, config) from a directory written by `save`: params in the layout of
+  `config`, by default the stored config (another config must give the same parameter shapes: a
+  dtype, the layer scan or the data may differ), sharded over `mesh` (default: this host's first
+  device) as `restore` places them, the frozen ones in `frozen_dtype` ("bfloat16" halves their
+  memory, as the paper trains them)."""
+  config = load_config_json(directory) if config is None else config
+  # The checkpoint's own shardings name the devices it was written from, which another machine
+  # (or device count) does not have: the placement is always this run's.
+  params = restore(directory, config, mesh or sharding.one_device_mesh(), frozen_dtype)
+  return build_model(config), params, config

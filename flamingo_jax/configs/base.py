@@ -30,7 +30,7 @@ DEFAULT_PREPROCESSING = {"vit": CLIP_PREPROCESSING, "nfnet": IMAGENET_PREPROCESS
 # the new token rows (flamingo_jax.flamingo.trainable reads these path patterns).
 TRAINABLE = (r"^resampler/", r"^gated_xattn_\d+/", r"^scanned/gated_xattn/", r"^lm/extra_")
 
-# Logical axis -> mesh axes (flamingo_jax.train.partitioning): `batch` over data and fsdp on
+# Logical axis -> mesh axes (flamingo_jax.sharding): `batch` over data and fsdp on
 # activations; parameters' `embed` over fsdp (ZeRO-3), heads / MLP / vocabulary over tensor.
 PARTITIONING_RULES = (
     ("batch", ("data", "fsdp")),

@@ -29,14 +29,14 @@ def best(scores, *arrays, k: int):
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size",
                                              "length_penalty", "stop_token"))
-def beam_search(model, params, images, tokens, max_new_tokens: int, *, beam_size: int,
+def beam_search(model, params, visual, tokens, max_new_tokens: int, *, beam_size: int,
                 length_penalty: float = 1.0, stop_token: int | None = None, positions=None):
-  """images [B, M, T, H, W, 3]; prompts tokens [B, L] (left-padded with `positions`, see
-  flamingo_jax.decode.generate) -> (sequences [B, K, max_new_tokens] int32, scores [B, K]),
+  """visual [B, M, R, D] (`generate.encode`); prompts tokens [B, L] (left-padded with
+  `positions`, see flamingo_jax.decode.generate) -> (sequences [B, K, max_new_tokens] int32, scores [B, K]),
   best first. A finished sequence is filled with the stop token after it ends.
   """
   k = beam_size
-  logits, state, next_positions = prefill(model, params, images, tokens, positions,
+  logits, state, next_positions = prefill(model, params, visual, tokens, positions,
                                           max_new_tokens - 1)
   batch, vocab = logits.shape
   # Every beam starts from its prompt's caches; the flat batch is prompt-major: row b * K + j.

@@ -1,7 +1,10 @@
 """Decoding with a key/value cache: the media are encoded and the prompt is read once, then one
 token a step. Greedy, or sampling with a temperature, top-k and top-p.
 
-`model` is a Flamingo, or a text-only `DecoderLM` (images None): the same decoding for both.
+`model` is a Flamingo, or a text-only `DecoderLM` (visual None): the same decoding for both. A
+Flamingo's decoders take the prompts' media encoded (`encode`: visual tokens after the
+resampler), so that a caller that sees an image again (few-shot support examples, in query after
+query) encodes it once.
 
 A batch holds prompts of different lengths left-padded (`left_pad`): padding has position -1,
 which no token attends to, so every prompt's tokens sit at positions 0..n-1 and its
@@ -33,11 +36,19 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
   return tokens, positions
 
 
-def prefill(model: Flamingo | DecoderLM, params, images, tokens, positions, room: int):
-  """Encodes the media, projects them to every gated block's keys and values, and reads the
-  prompts into a cache with `room` more slots.
+@functools.partial(jax.jit, static_argnames="model")
+def encode(model: Flamingo, params, images):
+  """images [B, M, T, H, W, 3] float32 -> visual tokens [B, M, R, D]: what decoding conditions
+  on. Each medium is encoded on its own (its T frames together), so a medium's tokens do not
+  depend on what it is batched with."""
+  return model.apply({"params": params}, images, method=Flamingo.encode_media)
 
-  images [B, M, T, H, W, 3] (None for a DecoderLM); tokens, positions [B, L] (positions None:
+
+def prefill(model: Flamingo | DecoderLM, params, visual, tokens, positions, room: int):
+  """Projects the visual tokens to every gated block's keys and values and reads the prompts
+  into a cache with `room` more slots.
+
+  visual [B, M, R, D] (`encode`; None for a DecoderLM); tokens, positions [B, L] (positions None:
   0..L-1). Returns (logits after the last prompt token [B, V], the decode state, the next
   token's positions [B]).
   """
@@ -48,7 +59,6 @@ def prefill(model: Flamingo | DecoderLM, params, images, tokens, positions, room
   if isinstance(model, DecoderLM):
     state = DecodeState.zeros(model.config, tokens.shape[0], length + room, model.dtype)
   else:
-    visual = model.apply(variables, images, method=Flamingo.encode_media)
     media = model.apply(variables, visual, method=Flamingo.media_kv)
     state = FlamingoDecodeState.start(model.config, media, length + room,
                                       jnp.dtype(model.config.dtype))
@@ -91,11 +101,11 @@ def choose(logits, rng, temperature: float, top_k: int, top_p: float):
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_token",
                                              "temperature", "top_k", "top_p"))
-def generate(model: Flamingo | DecoderLM, params, images, tokens, max_new_tokens: int, *,
+def generate(model: Flamingo | DecoderLM, params, visual, tokens, max_new_tokens: int, *,
              positions=None, stop_token: int | None = None, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, rng=None):
-  """images [B, M, T, H, W, 3] (None for a DecoderLM); prompts tokens [B, L] (left-padded with
-  their `positions`, or all of length L) -> new tokens [B, max_new_tokens] int32.
+  """visual [B, M, R, D] (`encode`; None for a DecoderLM); prompts tokens [B, L] (left-padded
+  with their `positions`, or all of length L) -> new tokens [B, max_new_tokens] int32.
 
   temperature 0 is greedy decoding; otherwise tokens are sampled (needs `rng`) from the logits
   filtered by `filter_logits`. After a sequence emits `stop_token` (e.g. `<EOC>`) it keeps
@@ -104,7 +114,7 @@ def generate(model: Flamingo | DecoderLM, params, images, tokens, max_new_tokens
   if temperature and rng is None:
     raise ValueError("Sampling (temperature > 0) needs an rng.")
   rng = jax.random.key(0) if rng is None else rng
-  logits, state, next_positions = prefill(model, params, images, tokens, positions,
+  logits, state, next_positions = prefill(model, params, visual, tokens, positions,
                                           max_new_tokens - 1)
   pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p)
   first = pick(logits, jax.random.fold_in(rng, 0))

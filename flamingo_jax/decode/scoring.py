@@ -24,15 +24,15 @@ def right_pad(candidates: Sequence[Sequence[int]], pad_id: int = 0):
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def candidate_log_likelihoods(model, params, images, tokens, candidates, mask, positions=None):
+def candidate_log_likelihoods(model, params, visual, tokens, candidates, mask, positions=None):
   """log p(candidate | prompt), summed over the candidate's tokens.
 
-  images [B, M, T, H, W, 3]; prompts tokens [B, L] (left-padded with `positions`, see
+  visual [B, M, R, D] (`generate.encode`); prompts tokens [B, L] (left-padded with `positions`, see
   flamingo_jax.decode.generate); candidates [C, Lc] with mask [C, Lc] (`right_pad`), the same
   candidates for every prompt. Returns [B, C] float32.
   """
   num, length = candidates.shape
-  last_logits, state, next_positions = prefill(model, params, images, tokens, positions, length)
+  last_logits, state, next_positions = prefill(model, params, visual, tokens, positions, length)
   batch = tokens.shape[0]
   rows = jnp.repeat(jnp.arange(batch), num)  # Prompt-major: row b * C + c.
   flat = jnp.tile(candidates, (batch, 1))

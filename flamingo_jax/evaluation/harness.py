@@ -27,7 +27,7 @@ import numpy as np
 import seqio
 
 from flamingo_jax.data import media as media_lib
-from flamingo_jax.decode import left_pad
+from flamingo_jax.decode import encode, left_pad
 from flamingo_jax.evaluation import binding, generation, prompts, rices, scoring
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS, Benchmark
 from flamingo_jax.evaluation.datasets import Example
@@ -124,14 +124,17 @@ def evaluator(model, params, config: ml_collections.ConfigDict, vocabulary: seqi
   """The evaluator of the benchmark's kind, with its settings: close-ended scoring for
   classification (its class log-likelihoods [B, C]), generation for every other task."""
   if benchmark.task == "classification":
-    return lambda images, tokens, positions: scoring.class_log_likelihoods(
-        model, params, jnp.asarray(images), tokens, positions, classes, format_, vocabulary,
+    predict = lambda visual, tokens, positions: scoring.class_log_likelihoods(
+        model, params, visual, tokens, positions, classes, format_, vocabulary,
         settings.candidate_chunk)
-  return functools.partial(
-      generation.generate_answers, model, params, task=benchmark.task, vocabulary=vocabulary,
-      stop_token=int(config.model.eoc_token_id),
-      max_new_tokens=settings.max_new_tokens or generation.MAX_NEW_TOKENS[benchmark.task],
-      beam_size=settings.beam_size, length_penalty=settings.length_penalty)
+  else:
+    predict = functools.partial(
+        generation.generate_answers, model, params, task=benchmark.task, vocabulary=vocabulary,
+        stop_token=int(config.model.eoc_token_id),
+        max_new_tokens=settings.max_new_tokens or generation.MAX_NEW_TOKENS[benchmark.task],
+        beam_size=settings.beam_size, length_penalty=settings.length_penalty)
+  return lambda images, tokens, positions: predict(
+      encode(model, params, jnp.asarray(images)), jnp.asarray(tokens), jnp.asarray(positions))
 
 
 def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,

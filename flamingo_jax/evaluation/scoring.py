@@ -10,10 +10,11 @@ from flamingo_jax.decode import candidate_log_likelihoods, right_pad
 from flamingo_jax.evaluation import prompts
 
 
-def class_log_likelihoods(model, params, images, tokens, positions, classes, format_,
+def class_log_likelihoods(model, params, visual, tokens, positions, classes, format_,
                           vocabulary, chunk: int) -> np.ndarray:
-  """[B, num classes]: log p(class name, then `<EOC>` | prompt), `chunk` names per call (the
-  last chunk padded to the same shape)."""
+  """visual tokens [B, M, R, D], left-padded prompts tokens / positions [B, L] -> [B, num
+  classes]: log p(class name, then `<EOC>` | prompt), `chunk` names per call (the last chunk
+  padded to the same shape)."""
   candidates = [prompts.answer_tokens(format_, c, vocabulary) for c in classes]
   width = max(map(len, candidates))
   scores = []
@@ -23,6 +24,6 @@ def class_log_likelihoods(model, params, images, tokens, positions, classes, for
     tokens_c = np.pad(tokens_c, ((0, 0), (0, width - tokens_c.shape[1])))
     mask = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
     scores.append(np.asarray(candidate_log_likelihoods(
-        model, params, images, jnp.asarray(tokens), jnp.asarray(tokens_c), jnp.asarray(mask),
+        model, params, visual, jnp.asarray(tokens), jnp.asarray(tokens_c), jnp.asarray(mask),
         jnp.asarray(positions)))[:, :len(part)])
   return np.concatenate(scores, axis=1)

@@ -100,6 +100,11 @@ class MediaKV:
     """M * R, the visual tokens of all media."""
     return jax.tree.leaves(self)[0].shape[-3]
 
+  @property
+  def tokens_per_medium(self) -> int:
+    """R (0 for a text-only prompt's no media)."""
+    return self.num_tokens // max(self.num_media, 1)
+
   def take(self, indices) -> "MediaKV":
     """The keys and values of the sequences `indices` ([N] int32 into the batch)."""
     rows = functools.partial(take_rows, indices)
@@ -234,9 +239,13 @@ class Flamingo(nn.Module):
     return self.vision_encoder(pixels)
 
   def encode_media(self, images):
-    """images [B, M, T, H, W, 3] -> visual tokens [B, M, R, D]."""
+    """images [B, M, T, H, W, 3] -> visual tokens [B, M, R, D]. M may be 0: a text-only
+    prompt, which no token's cross-attention sees."""
     chex.assert_rank(images, 6)
     b, m, t, h, w, ch = images.shape
+    if m == 0:
+      return jnp.zeros((b, 0, self.resampler.num_latents, self.resampler.dim),
+                       dtypes(self.config)[0])
     features = self.vision_features(images.reshape(b * m * t, h, w, ch))
     features = features.reshape(b, m, t, -1, features.shape[-1])  # Grids flatten to S = h*w.
     return self.resampler(features)
@@ -254,12 +263,12 @@ class Flamingo(nn.Module):
     chex.assert_rank(visual, 4)
     chex.assert_rank(tokens, 2)
     c, layout = self.config, Layout.of(self.config)
-    num_media, visual = visual.shape[1], self.flat_visual(visual)
+    num_media, tokens_per_medium = visual.shape[1:3]
+    visual = self.flat_visual(visual)
     positions = default_positions(tokens) if positions is None else positions
     index = attached_media_index(tokens, c.media_token_id,
                                  jnp.broadcast_to(attach_to_next, tokens.shape[:1]))
-    xmask = cross_attention_mask(index, num_media, visual.shape[1] // num_media,
-                                 c.xattn.media_mode)
+    xmask = cross_attention_mask(index, num_media, tokens_per_medium, c.xattn.media_mode)
     mask = attention_mask(positions, positions)
 
     x = self.lm.embed(tokens, positions)
@@ -289,7 +298,7 @@ class Flamingo(nn.Module):
     chex.assert_rank(tokens, 2)
     c, layout, media = self.config, Layout.of(self.config), state.media
     index = media_index(tokens, c.media_token_id, state.media_count)
-    xmask = cross_attention_mask(index, media.num_media, media.num_tokens // media.num_media,
+    xmask = cross_attention_mask(index, media.num_media, media.tokens_per_medium,
                                  c.xattn.media_mode)
     kv_pos, mask = cache_positions(positions, state.lm)
 

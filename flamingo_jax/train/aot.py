@@ -24,7 +24,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from flamingo_jax.flamingo import trainable as trainable_lib
-from flamingo_jax.train import partitioning, trainer as trainer_lib
+from flamingo_jax import sharding
+from flamingo_jax.train import trainer as trainer_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -52,7 +53,7 @@ def abstract_batches(config: ml_collections.ConfigDict, trainer) -> dict:
         "weights": ((task.batch_size, task.max_length), jnp.float32),
         "attach_to_next": ((task.batch_size,), jnp.bool_),
         "loss_weight": ((), jnp.float32)}
-    batches[name] = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(
+    batches[name] = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(
         trainer.mesh, trainer.rules, len(shape))) for k, (shape, dtype) in shapes.items()}
   return batches
 

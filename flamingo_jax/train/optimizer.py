@@ -10,6 +10,8 @@ from flax import traverse_util
 import ml_collections
 import optax
 
+from flamingo_jax import sharding
+
 
 # Parameters that scale, shift or gate activations rather than mix them: norm scales and
 # biases, NFNet's gains, the tanh gates, CLIP's log temperature, a ViT's class token. The rest
@@ -51,3 +53,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                   weight_decay=config.weight_decay,
                   mask=lambda p: decay_mask(p, config.no_decay)))
 
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_state, param_shardings,
+                        mesh):
+  """The optimiser state's shardings: moments like their parameters, counters replicated."""
+  return optax.tree_map_params(tx, lambda _, s: s, abstract_state, param_shardings,
+                               transform_non_params=lambda _: sharding.replicated(mesh))

@@ -19,7 +19,6 @@ directory, which `flamingo_jax.load`, the evaluation CLI and a later run's froze
 """
 
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -40,8 +39,8 @@ from flamingo_jax.flamingo import factory
 from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import mixtures
 from flamingo_jax.flamingo import trainable as trainable_lib
-from flamingo_jax.flamingo.scan import stack_layers
-from flamingo_jax.train import checkpointing, loop, optimizer, partitioning
+from flamingo_jax import sharding
+from flamingo_jax.train import checkpointing, loop, optimizer
 from flamingo_jax.train import flops as flops_lib
 from flamingo_jax.train import step as step_lib
 
@@ -81,8 +80,8 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, devices=None):
     self.config = config
-    self.mesh = partitioning.make_mesh(config.mesh, devices)
-    self.rules = partitioning.rules(config)
+    self.mesh = sharding.make_mesh(config.mesh, devices)
+    self.rules = sharding.rules(config)
     self.model = factory.build_model(config)
     self.tx = optimizer.make_optimizer(config.train.optimizer)
     self.schedule = optimizer.learning_rate_schedule(config.train.optimizer)
@@ -94,14 +93,14 @@ class Trainer:
       return boxed, self.tx.init(train)
     boxed, abstract_opt = jax.eval_shape(init, jax.random.key(0))
     self.abstract_params = nn.meta.unbox(boxed)
-    self.param_shardings = partitioning.shardings(nn.get_partition_spec(boxed),
+    self.param_shardings = sharding.shardings(nn.get_partition_spec(boxed),
                                                   self.abstract_params, self.mesh, self.rules)
     self.train_shardings, self.frozen_shardings = trainable_lib.split(self.param_shardings,
                                                                       patterns)
     abstract_train, _ = trainable_lib.split(self.abstract_params, patterns)
     self.state_shardings = step_lib.TrainState(
-        step=partitioning.replicated(self.mesh), params=self.train_shardings,
-        opt_state=partitioning.opt_state_shardings(self.tx, abstract_opt, self.train_shardings,
+        step=sharding.replicated(self.mesh), params=self.train_shardings,
+        opt_state=optimizer.opt_state_shardings(self.tx, abstract_opt, self.train_shardings,
                                                    self.mesh))
     self.abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -123,15 +122,7 @@ class Trainer:
         params = jax.jit(lambda key: factory.init_params(self.model, config, key),
                          out_shardings=self.param_shardings)(jax.random.key(config.seed))
     elif source.source == "checkpoint":
-      # Stored unscanned: restore sharded in that layout, then stack on the devices.
-      flat = factory.unscanned(config)
-      abstract, axes = factory.abstract_params_and_axes(factory.build_model(flat), flat)
-      shardings = partitioning.shardings(axes, abstract, self.mesh, self.rules)
-      params = orbax_io.restore_unscanned(source.path, jax.tree.map(
-          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings))
-      with self.context():
-        params = jax.jit(functools.partial(stack_layers, model_config=config.model),
-                         out_shardings=self.param_shardings)(params)
+      params = orbax_io.restore(source.path, config, self.mesh, config.train.frozen_dtype)
     else:
       raise ValueError(f"unknown frozen source {source.source!r}; expected init or checkpoint")
     train, frozen = trainable_lib.split(params, config.model.trainable)
@@ -156,7 +147,7 @@ class Trainer:
                                               self.config.train.loss_normalization,
                                               self.config.train.microbatches),
           in_shardings=(self.state_shardings, self.frozen_shardings, batch_shardings),
-          out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
+          out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
           donate_argnums=(0,))
       with self.context():
         compiled = step_fn.lower(state, frozen, batches).compile()
@@ -237,7 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list
       logging.warning("SIGTERM: saved step %d, stopping", done)
     return stop
 
-  batches = (partitioning.global_batch(b, trainer.mesh, trainer.rules) for b in iterator)
+  batches = (sharding.global_batch(b, trainer.mesh, trainer.rules) for b in iterator)
   _, history = loop.run(step, state, batches, config.train.num_steps, config.train.log_every,
                         desc="train", first_step=first, extra_metrics=throughput,
                         on_log=(writer.write_scalars, append_jsonl), after_step=checkpoint)

@@ -7,14 +7,17 @@ to at most one dimension of an array, so `batch` (first) takes ("data", "fsdp") 
 while parameters, which have no batch axis, get `embed` on "fsdp" (ZeRO-3 style sharding) and
 their head / MLP / vocabulary axes on "tensor" (Megatron style). Names without a rule, or whose
 mesh axes are taken, are replicated.
+
+Training, loading (`flamingo_jax.load(..., mesh=)`) and evaluation place arrays with these
+helpers; one process or many (each host contributes its own rows of a batch: `global_batch`,
+and reads back whole arrays: `gather`).
 """
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import optax
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -43,6 +46,11 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   shape = mesh_shape(mesh_config, len(devices))
   grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   return Mesh(grid, MESH_AXES)
+
+
+def one_device_mesh() -> Mesh:
+  """This host's first device as a mesh of size 1 on every axis: where a single-device run lives."""
+  return Mesh(np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1), MESH_AXES)
 
 
 def rules(config: ml_collections.ConfigDict) -> tuple:
@@ -74,13 +82,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_state, param_shardings,
-                        mesh: Mesh):
-  """The optimiser state's shardings: moments like their parameters, counters replicated."""
-  return optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_state, param_shardings,
-                               transform_non_params=lambda _: replicated(mesh))
-
-
 def batch_sharding(mesh: Mesh, axis_rules, ndim: int) -> NamedSharding:
   """Arrays with a leading batch axis: split over the mesh axes `batch` maps to."""
   if ndim == 0:
@@ -95,3 +96,8 @@ def global_batch(batches: dict, mesh: Mesh, axis_rules) -> dict:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(
           batch_sharding(mesh, axis_rules, np.ndim(x)), np.asarray(x)), batches)
+
+
+def gather(tree):
+  """Global jax.Arrays (sharded over any hosts' devices) -> numpy arrays, whole, on every host."""
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
