@@ -6,11 +6,10 @@
 The model comes from a `flamingo_jax.save` directory (with its config, or with --config's,
 which must have the same parameter shapes), its parameters sharded over the config's mesh (all
 devices; --mesh overrides its sizes) as training places them, the frozen ones in
---frozen_dtype. Prints a table of the benchmark's metrics per
-number of shots and writes them, with every prediction, to --output as JSON. Without
---checkpoint the model has random weights (a dry run of the pipeline). Text goes through
---vocabulary, else the checkpoint's `tokenizer.json` when it has one, else the config's
-vocabulary (`config.data.vocabulary`).
+--frozen_dtype. Prints a table of the benchmark's metrics per number of shots and writes them,
+with every prediction, to --output as JSON. Without --checkpoint the model has random weights
+(a dry run of the pipeline). Text goes through --vocabulary, else the checkpoint's
+`tokenizer.json` when it has one, else the config's vocabulary (`config.data.vocabulary`).
 """
 
 import dataclasses

@@ -32,8 +32,8 @@ def best(scores, *arrays, k: int):
 def beam_search(model, params, visual, tokens, max_new_tokens: int, *, beam_size: int,
                 length_penalty: float = 1.0, stop_token: int | None = None, positions=None):
   """visual [B, M, R, D] (`generate.encode`); prompts tokens [B, L] (left-padded with
-  `positions`, see flamingo_jax.decode.generate) -> (sequences [B, K, max_new_tokens] int32, scores [B, K]),
-  best first. A finished sequence is filled with the stop token after it ends.
+  `positions`, see flamingo_jax.decode.generate) -> (sequences [B, K, max_new_tokens] int32,
+  scores [B, K]), best first. A finished sequence is filled with the stop token after it ends.
   """
   k = beam_size
   logits, state, next_positions = prefill(model, params, visual, tokens, positions,

@@ -27,8 +27,8 @@ def right_pad(candidates: Sequence[Sequence[int]], pad_id: int = 0):
 def candidate_log_likelihoods(model, params, visual, tokens, candidates, mask, positions=None):
   """log p(candidate | prompt), summed over the candidate's tokens.
 
-  visual [B, M, R, D] (`generate.encode`); prompts tokens [B, L] (left-padded with `positions`, see
-  flamingo_jax.decode.generate); candidates [C, Lc] with mask [C, Lc] (`right_pad`), the same
+  visual [B, M, R, D] (`generate.encode`); prompts tokens [B, L] (left-padded with
+  `positions`, see flamingo_jax.decode.generate); candidates [C, Lc] with mask [C, Lc] (`right_pad`), the same
   candidates for every prompt. Returns [B, C] float32.
   """
   num, length = candidates.shape
