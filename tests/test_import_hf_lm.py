@@ -170,13 +170,13 @@ def test_sharded_placement_on_the_cpu_mesh(tmp_path):
   variables = jax.eval_shape(DecoderLM(config).init, jax.random.key(0),
                              jnp.zeros((1, 1), jnp.int32))
   shardings = sharding.shardings(nn.get_partition_spec(variables["params"]),
-                                     nn.meta.unbox(variables["params"]), mesh,
-                                     base.PARTITIONING_RULES)
+                                 nn.meta.unbox(variables["params"]), mesh,
+                                 base.PARTITIONING_RULES)
   sharded, _ = hf_lm.import_lm(tmp_path, config, shardings)
   plain, _ = hf_lm.import_lm(tmp_path, config)
   flat = flax.traverse_util.flatten_dict(sharded, sep="/")
-  for path, sharding in flax.traverse_util.flatten_dict(shardings, sep="/").items():
-    assert flat[path].sharding == sharding, path
+  for path, placement in flax.traverse_util.flatten_dict(shardings, sep="/").items():
+    assert flat[path].sharding == placement, path
   jax.tree.map(np.testing.assert_array_equal, sharded, plain)
   # The embedding [128, 64]: vocab over 4 tensor devices, embed over 2 fsdp devices.
   embedding = flat["embedder/embedding"]

@@ -257,13 +257,13 @@ def test_sharded_placement_on_the_cpu_mesh(tmp_path):
   variables = jax.eval_shape(tower.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
   shardings = sharding.shardings(nn.get_partition_spec(variables["params"]),
-                                     nn.meta.unbox(variables["params"]), mesh,
-                                     base.PARTITIONING_RULES)
+                                 nn.meta.unbox(variables["params"]), mesh,
+                                 base.PARTITIONING_RULES)
   sharded, _ = importer.import_hf_vision(tmp_path, shardings=shardings)
   plain, _ = importer.import_hf_vision(tmp_path)
   flat = flax.traverse_util.flatten_dict(sharded, sep="/")
-  for path, sharding in flax.traverse_util.flatten_dict(shardings, sep="/").items():
-    assert flat[path].sharding == sharding, path
+  for path, placement in flax.traverse_util.flatten_dict(shardings, sep="/").items():
+    assert flat[path].sharding == placement, path
   jax.tree.map(np.testing.assert_array_equal, sharded, plain)
   kernel = flat["blocks_0/mlp/wi/kernel"]  # [32 embed over 2 fsdp, 48 mlp over 4 tensor].
   assert {s.data.shape for s in kernel.addressable_shards} == {(16, 12)}
