@@ -66,8 +66,7 @@ def main(argv):
     raise app.UsageError("Give --checkpoint, --config or both.")
   config = FLAGS.config if FLAGS.config is not None else orbax_io.load_config_json(
       FLAGS.checkpoint)
-  config.mesh.update(dict(zip(sharding.MESH_AXES, map(int, FLAGS.mesh or ()))))
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.command_line_mesh(config, FLAGS.mesh or ())
   if FLAGS.checkpoint:
     model, params, config = orbax_io.load(FLAGS.checkpoint, config, mesh, FLAGS.frozen_dtype)
   else:

@@ -105,9 +105,8 @@ def flamingo_generation(checkpoint: str, prompt: str, image_paths: list[str], me
     raise ValueError(f"The prompt has {prompt.count(MEDIA)} {MEDIA}s and --images names "
                      f"{len(image_paths)} files: give one image per {MEDIA}.")
   config = orbax_io.load_config_json(checkpoint)
-  config.mesh.update(dict(zip(sharding.MESH_AXES, map(int, mesh_sizes))))
-  mesh = sharding.make_mesh(config.mesh)
-  model, params, config = flamingo_jax.load(checkpoint, config, mesh=mesh)
+  model, params, config = flamingo_jax.load(
+      checkpoint, config, mesh=sharding.command_line_mesh(config, mesh_sizes))
   vocabulary = tokenizer.checkpoint_vocabulary(checkpoint, config.data.vocabulary)
   size = config.model.vision.image_size
   images = (media.MediaLoader(config.model).images(image_paths) if image_paths

@@ -48,8 +48,15 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   return Mesh(grid, MESH_AXES)
 
 
+def command_line_mesh(config: ml_collections.ConfigDict, sizes=()) -> Mesh:
+  """The mesh of `config.mesh` over all devices, its (data, fsdp, tensor) sizes first replaced by
+  `sizes` (a CLI's --mesh), which `config.mesh` then records."""
+  config.mesh.update(dict(zip(MESH_AXES, map(int, sizes))))
+  return make_mesh(config.mesh)
+
+
 def one_device_mesh() -> Mesh:
-  """This host's first device as a mesh of size 1 on every axis: where a single-device run lives."""
+  """This host's first device as a mesh of size 1 on every axis: a single-device run's."""
   return Mesh(np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1), MESH_AXES)
 
 

@@ -28,8 +28,8 @@ def candidate_log_likelihoods(model, params, visual, tokens, candidates, mask, p
   """log p(candidate | prompt), summed over the candidate's tokens.
 
   visual [B, M, R, D] (`generate.encode`); prompts tokens [B, L] (left-padded with
-  `positions`, see flamingo_jax.decode.generate); candidates [C, Lc] with mask [C, Lc] (`right_pad`), the same
-  candidates for every prompt. Returns [B, C] float32.
+  `positions`, see flamingo_jax.decode.generate); candidates [C, Lc] with mask [C, Lc]
+  (`right_pad`), the same candidates for every prompt. Returns [B, C] float32.
   """
   num, length = candidates.shape
   last_logits, state, next_positions = prefill(model, params, visual, tokens, positions, length)
