@@ -97,6 +97,36 @@ def batch_sharding(mesh: Mesh, axis_rules, ndim: int) -> NamedSharding:
                                                      axis_rules))
 
 
+def batch_shards(mesh: Mesh, axis_rules) -> int:
+  """How many ways `batch_sharding` splits a batch: a batch size must be a multiple of it."""
+  axes = nn.logical_to_mesh_axes(("batch",), axis_rules)[0] or ()
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def host_rows(mesh: Mesh, axis_rules, size: int) -> np.ndarray:
+  """The rows of a batch of `size` that this host's devices hold under `batch_sharding`
+  (sorted indices): what it contributes to `global_batch` and reads back with `local_rows`.
+  All of them where the batch is not split across hosts."""
+  indices = batch_sharding(mesh, axis_rules, 1).addressable_devices_indices_map((size,))
+  return np.unique(np.concatenate([np.arange(size)[index] for index in indices.values()]))
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+  """A global array split along its first axis -> this host's rows (`host_rows`) as numpy,
+  without moving other hosts' rows."""
+  shards = {shard.index[0].indices(array.shape[0])[:2]: shard
+            for shard in array.addressable_shards}
+  return np.concatenate([np.asarray(shards[span].data) for span in sorted(shards)])
+
+
+def params_mesh(params) -> Mesh:
+  """The mesh a parameter tree lives on (`flamingo_jax.load(..., mesh=)`): this host's first
+  device for parameters on one device (`flamingo_jax.create`)."""
+  placement = jax.tree.leaves(params)[0].sharding
+  return placement.mesh if isinstance(placement, NamedSharding) else one_device_mesh()
+
+
 def global_batch(batches: dict, mesh: Mesh, axis_rules) -> dict:
   """This host's numpy batches -> global jax.Arrays sharded along the batch axis: every host
   contributes its own rows (`jax.make_array_from_process_local_data`)."""

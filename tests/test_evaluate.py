@@ -311,7 +311,8 @@ def test_the_paper_style_shows_video_models_30_frames(data, setup, tiny_config, 
                             str(data["msvdqa"]), 1, settings)
   assert len(result["predictions"]) == 2
   size = tiny_config.model.vision.image_size
-  assert shapes == [(2, 2, 30, size, size, 3)]  # [B, support + query, frames, S, S, 3].
+  # Each clip encoded once, on its own: [clips, 1, frames, S, S, 3], two clips a call.
+  assert shapes and set(shapes) == {(2, 1, 30, size, size, 3)}
 
 
 def test_rices_puts_the_most_similar_support_image_next_to_the_query():
@@ -320,26 +321,60 @@ def test_rices_puts_the_most_similar_support_image_next_to_the_query():
   np.testing.assert_array_equal(rices.rices(query, support, 2), [[2, 1]])
 
 
+def cli(checkpoint, data_dir, output, *flags):
+  return [sys.executable, "-m", "flamingo_jax.evaluate", f"--checkpoint={checkpoint}",
+          "--benchmark=okvqa", f"--data_dir={data_dir}", "--shots=0,2", "--batch_size=2",
+          "--beam_size=1", "--selection=rices", f"--output={output}", *flags]
+
+
 @pytest.mark.slow
 def test_cli_writes_a_table_and_json_on_one_device_and_on_an_fsdp_by_tensor_mesh(
     tmp_path, data, tiny_config, tiny_model):
   """The CLI on this machine's 8 CPU devices: the tiny config's mesh, and --mesh=1,4,2 (the
-  parameters split 4 x 2) give the same predictions."""
+  parameters split 4 x 2) give the same predictions; two trials give a mean and a spread."""
   flamingo_jax.save(tmp_path / "ckpt", tiny_model[1], tiny_config)
   outputs = {}
   for mesh in ["1,1,1", "1,4,2"]:
     # One device as a user's shell has it, or the 8 this session's XLA_FLAGS give.
     env = user_environment() if mesh == "1,1,1" else dict(os.environ, JAX_PLATFORMS="cpu")
     output = tmp_path / f"okvqa_{mesh}.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "flamingo_jax.evaluate", f"--checkpoint={tmp_path / 'ckpt'}",
-         "--benchmark=okvqa", f"--data_dir={data['okvqa']}", "--shots=0,2", "--batch_size=2",
-         "--beam_size=1", "--selection=rices", f"--mesh={mesh}", f"--output={output}"],
-        cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=600)
+    run = subprocess.run(cli(tmp_path / "ckpt", data["okvqa"], output, f"--mesh={mesh}",
+                             "--trials=2"),
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "| okvqa shots | accuracy |" in run.stdout
+    assert "| okvqa shots | accuracy |" in run.stdout and " ± " in run.stdout
+    assert not output.with_suffix(".partial.jsonl").exists()
     outputs[mesh] = json.loads(output.read_text())["results"]
   assert set(outputs["1,4,2"]) == {"0", "2"}
-  assert len(outputs["1,4,2"]["2"]["predictions"]) == 3
+  trials = outputs["1,4,2"]["2"]["trials"]
+  assert [t["seed"] for t in trials] == [0, 1] and len(trials[0]["predictions"]) == 3
+  assert outputs["1,4,2"]["2"]["metrics"]["accuracy"] == pytest.approx(
+      np.mean([t["metrics"]["accuracy"] for t in trials]))
   assert outputs["1,4,2"] == outputs["1,1,1"]
+
+
+@pytest.mark.slow
+def test_cli_resumes_from_the_predictions_of_a_stopped_run(tmp_path, data, tiny_config,
+                                                           tiny_model):
+  """A run stopped after its first batch: started again, it takes that batch's predictions
+  from the partial file (marked here, to show they were not recomputed) and computes the
+  rest, which equal an uninterrupted run's."""
+  flamingo_jax.save(tmp_path / "ckpt", tiny_model[1], tiny_config)
+  whole = tmp_path / "whole.json"
+  run = subprocess.run(cli(tmp_path / "ckpt", data["okvqa"], whole, "--shots=2"), cwd=REPO,
+                       env=user_environment(), capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  whole = json.loads(whole.read_text())
+  expected = whole["results"]["2"]["trials"][0]["predictions"]
+  first_batch = list(expected)[:2]
+  output = tmp_path / "resumed.json"
+  run_line = {k: whole[k] for k in ("benchmark", "checkpoint", "data_dir", "settings")}
+  records = [{"shots": 2, "seed": 0, "id": key, "prediction": "resumed " + expected[key]}
+             for key in first_batch]
+  output.with_suffix(".partial.jsonl").write_text(
+      "".join(json.dumps(line) + "\n" for line in [run_line, *records]) + '{"shots": 2, "se')
+  run = subprocess.run(cli(tmp_path / "ckpt", data["okvqa"], output, "--shots=2"), cwd=REPO,
+                       env=user_environment(), capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  resumed = json.loads(output.read_text())["results"]["2"]["trials"][0]["predictions"]
+  assert resumed == {k: ("resumed " + v if k in first_batch else v) for k, v in expected.items()}

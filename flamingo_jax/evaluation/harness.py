@@ -11,6 +11,14 @@ evaluator of the benchmark's kind, and scores the predictions with the benchmark
   (`Benchmark.prediction`).
 Zero shots is the paper's zero-shot mode: two text-only support examples.
 
+An `Evaluation` reads a benchmark once and runs it at any number of shots and seeds; it encodes
+each distinct medium once (media_cache.py) and computes RICES features once (and keeps the
+support split's on disk, `Settings.features_dir`). It runs on the mesh the parameters live on,
+one host or many (placement.py): each batch's queries split over the mesh's batch axes and
+across hosts, the predictions gathered on every host, the metrics computed on host 0. A run can
+skip the batches an earlier, interrupted run finished (`done`) and hands each batch's
+predictions to `on_batch` as they come, which is how the CLI resumes.
+
 `Settings.for_style` gives a style's settings: "paper" adds the paper's permutation ensemble
 and its video clips (30 frames at 3 FPS) to its prompts.
 """
@@ -19,22 +27,28 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+import pathlib
+import types
+from typing import Any, Callable, Mapping
 
-import jax.numpy as jnp
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import seqio
+import tqdm
 
+from flamingo_jax import sharding
 from flamingo_jax.data import media as media_lib
 from flamingo_jax.decode import encode, left_pad
-from flamingo_jax.evaluation import binding, generation, prompts, rices, scoring
+from flamingo_jax.evaluation import (binding, generation, media_cache, placement, prompts, rices,
+                                     scoring)
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS, Benchmark
 from flamingo_jax.evaluation.datasets import Example
 
-# images float32 [B, M, T, S, S, 3], tokens and positions int32 [B, L] -> B predictions (or,
-# close-ended, class log-likelihoods [B, C]).
-Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray], list[Any] | np.ndarray]
+# visual tokens [B, M, R, D], tokens and positions int32 [B, L] (global arrays) -> B
+# predictions (or, close-ended, class log-likelihoods [B, C]), on every host.
+Evaluator = Callable[[jax.Array, jax.Array, jax.Array], list[Any] | np.ndarray]
 
 
 FRAME_SAMPLINGS = ("spread", "rate")
@@ -50,6 +64,8 @@ class Settings:
   Video: frame_sampling "spread" takes num_frames spread evenly over the video's frames; "rate"
   its centre clip of num_frames at clip_fps, its frames being extracted at frames_fps
   (`MediaLoader.clip_at_rate`).
+  media_cache_gib: the most visual tokens kept for media seen again, per host; features_dir: a
+  folder where the support split's RICES features are kept for later runs ("": this run only).
 
   The defaults are the OpenFlamingo style's; `for_style` gives a style's own."""
   style: str = "open_flamingo"
@@ -67,6 +83,8 @@ class Settings:
   frames_fps: float = 3.0
   vqa_rule: str = "server"
   seed: int = 0
+  media_cache_gib: float = 4.0
+  features_dir: str = ""
 
   @classmethod
   def for_style(cls, style: str, **overrides) -> "Settings":
@@ -119,96 +137,163 @@ def shot_orders(count: int, permutations: int, rng: np.random.Generator) -> list
 
 
 def evaluator(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
-              benchmark: Benchmark, format_: prompts.Format, classes, settings: Settings
-              ) -> Evaluator:
+              benchmark: Benchmark, format_: prompts.Format, classes, settings: Settings,
+              batch: placement.Placement) -> Evaluator:
   """The evaluator of the benchmark's kind, with its settings: close-ended scoring for
   classification (its class log-likelihoods [B, C]), generation for every other task."""
   if benchmark.task == "classification":
-    predict = lambda visual, tokens, positions: scoring.class_log_likelihoods(
+    return lambda visual, tokens, positions: scoring.class_log_likelihoods(
         model, params, visual, tokens, positions, classes, format_, vocabulary,
-        settings.candidate_chunk)
-  else:
-    predict = functools.partial(
-        generation.generate_answers, model, params, task=benchmark.task, vocabulary=vocabulary,
-        stop_token=int(config.model.eoc_token_id),
-        max_new_tokens=settings.max_new_tokens or generation.MAX_NEW_TOKENS[benchmark.task],
-        beam_size=settings.beam_size, length_penalty=settings.length_penalty)
-  return lambda images, tokens, positions: predict(
-      encode(model, params, jnp.asarray(images)), jnp.asarray(tokens), jnp.asarray(positions))
+        settings.candidate_chunk, batch.replicate)
+  return functools.partial(
+      generation.generate_answers, model, params, task=benchmark.task, vocabulary=vocabulary,
+      stop_token=int(config.model.eoc_token_id),
+      max_new_tokens=settings.max_new_tokens or generation.MAX_NEW_TOKENS[benchmark.task],
+      beam_size=settings.beam_size, length_penalty=settings.length_penalty)
+
+
+class Evaluation:
+  """Benchmark `name` of `data_dir` for a model whose `params` live on a mesh (or one device),
+  read once; `run(shots, seed)` evaluates it."""
+
+  def __init__(self, model, params, config: ml_collections.ConfigDict,
+               vocabulary: seqio.Vocabulary, name: str, data_dir: str,
+               settings: Settings = Settings()):
+    self.model, self.params, self.vocabulary = model, params, vocabulary
+    self.name, self.settings = name, settings
+    self.benchmark = benchmark = BENCHMARKS[name]
+    self.video = benchmark.task == "video_vqa"
+    if settings.selection == "rices" and self.video:
+      raise ValueError("RICES retrieves by image features; use random support for video.")
+    if settings.frame_sampling not in FRAME_SAMPLINGS:
+      raise ValueError(f"Unknown frame sampling {settings.frame_sampling!r}; choose from "
+                       f"{FRAME_SAMPLINGS}.")
+    self.queries = benchmark.read(data_dir, benchmark.eval_split)
+    self.episodic = benchmark.support_split is None
+    self.support = (None if self.episodic
+                    else benchmark.read(data_dir, benchmark.support_split))
+    self.classes = benchmark.classes(data_dir) if benchmark.classes else None
+    style = prompts.FORMATS[settings.style]
+    self.format = style[name] if name in style else style[benchmark.task]
+    self.loader = media_lib.MediaLoader(config.model)
+    self.batch = placement.Placement(sharding.params_mesh(params), sharding.rules(config),
+                                     settings.batch_size)
+    self.media = media_cache.VisualTokenCache(int(settings.media_cache_gib * 2**30))
+    self.blank = np.zeros_like(self.load(self.queries[0]))[None]  # [1, T, S, S, 3]
+    self.predict = evaluator(model, params, config, vocabulary, benchmark, self.format,
+                             self.classes, settings, self.batch)
+    self.support_features = None
+
+  def load(self, example: Example) -> np.ndarray:
+    """float32 [T, S, S, 3]: a clip's frames, or the image."""
+    s = self.settings
+    if not self.video:
+      return self.loader.images(example.image_paths)
+    if s.frame_sampling == "spread":
+      return self.loader.clip(example.image_paths, s.num_frames)
+    return self.loader.clip_at_rate(example.image_paths, s.frames_fps, s.clip_fps, s.num_frames)
+
+  def encode_media(self, examples: list[Example]) -> list[np.ndarray]:
+    """This host's media -> their visual tokens [R, D] each (collective: every host calls it,
+    with whatever number of media of its own)."""
+    encoded = self.batch.map_local(
+        lambda images: encode(self.model, self.params, images), examples,
+        lambda e: self.load(e)[None], self.blank)
+    return [tokens[0] for tokens in encoded]
+
+  def features(self, examples: list[Example]) -> np.ndarray:
+    """RICES features [N, C] of the examples' first images, on every host."""
+    return self.batch.map_all(
+        lambda images: rices.pooled_features(self.model, self.params, images), examples,
+        lambda e: self.loader.image(e.image_paths[0]))
+
+  def rices_features(self, examples: list[Example]) -> np.ndarray:
+    """`features`; the support split's (which `select_support` passes as it is) computed once
+    a run (and kept in `features_dir` for later runs)."""
+    if examples is not self.support:
+      return self.features(examples)
+    if self.support_features is None:
+      compute = lambda: self.features(examples)
+      if self.settings.features_dir:
+        path = (pathlib.Path(self.settings.features_dir)
+                / f"{self.name}_{self.benchmark.support_split}.npz")
+        self.support_features = rices.stored_features(
+            path, [e.id for e in examples], rices.tower_fingerprint(self.params), compute)
+      else:
+        self.support_features = compute()
+    return self.support_features
+
+  def inputs(self, batch: list[Example], support: list[Example], rows: np.ndarray,
+             order: tuple, text_only: bool):
+    """Global arrays of the batch's prompts, each query's shots in `order`: visual tokens
+    [B, M, R, D] (this host's rows, from the media cache) and left-padded tokens and positions
+    int32 [B, L] (every host builds all prompts, so all agree on L)."""
+    shown = [[support[indices[k]] for k in order] for indices in rows]
+    prompt_list = [prompts.prompt_tokens(
+        self.format, [(s.question, support_answer(self.classes, s)) for s in shots],
+        query.question, self.vocabulary, text_only_support=text_only)
+        for query, shots in zip(batch, shown)]
+    tokens, positions = left_pad(prompt_list, length=bucket(max(map(len, prompt_list))))
+    media = [([] if text_only else shown[row]) + [batch[row]] for row in self.batch.rows]
+    keys = [[tuple(e.image_paths) for e in row] for row in media]
+    by_key = {tuple(e.image_paths): e for row in media for e in row}
+    visual = self.media.tokens(keys, lambda missing: self.encode_media(
+        [by_key[k] for k in missing]))
+    return (self.batch.put(visual), self.batch.put(tokens[self.batch.rows]),
+            self.batch.put(positions[self.batch.rows]))
+
+  def run(self, shots: int, seed: int, done: Mapping[str, Any] = types.MappingProxyType({}),
+          on_batch: Callable[[dict], None] = lambda predictions: None) -> dict:
+    """{"metrics": {name: value} (on host 0; {} on the others), "predictions": {example id:
+    prediction}} with `shots` support examples per query, the query subset and the support
+    drawn with `seed`. Batches whose queries are all in `done` (host 0's) take their
+    predictions from it; `on_batch` gets each computed batch's predictions."""
+    settings, benchmark = self.settings, self.benchmark
+    rng = np.random.default_rng(seed)
+    queries = self.queries
+    if settings.num_samples and settings.num_samples < len(queries):
+      queries = [queries[i] for i in sorted(rng.choice(len(queries), settings.num_samples,
+                                                       replace=False))]
+    support = binding.episode_pool(queries) if self.episodic else self.support
+    chosen = select_support(settings, shots, queries, support, self.rices_features, rng,
+                            self.episodic)
+    close_ended = benchmark.task == "classification"
+    orders = shot_orders(chosen.shape[1], settings.permutations if close_ended else 1, rng)
+    finished = multihost_utils.broadcast_one_to_all(
+        np.array([q.id in done for q in queries] + [False]))[:-1]
+    size, predictions = self.batch.size, {}
+    with tqdm.tqdm(total=len(queries), desc=f"{self.name} {shots}-shot", unit="query",
+                   leave=False, dynamic_ncols=True,
+                   disable=jax.process_index() != 0) as progress:
+      for start in range(0, len(queries), size):
+        batch, rows = queries[start:start + size], chosen[start:start + size]
+        if finished[start:start + size].all():
+          predictions.update({q.id: done[q.id] for q in batch if q.id in done})
+          progress.update(len(batch))
+          continue
+        # A short last batch repeats its last query, so that every batch has one shape.
+        filled = batch + [batch[-1]] * (size - len(batch))
+        rows = np.concatenate([rows, rows[-1:].repeat(size - len(batch), axis=0)])
+        if close_ended:
+          scores = np.mean([self.predict(*self.inputs(filled, support, rows, order, shots == 0))
+                            for order in orders], axis=0)
+          outputs = [benchmark.prediction(row) for row in scores]
+        else:
+          outputs = self.predict(*self.inputs(filled, support, rows, orders[0], shots == 0))
+        computed = {query.id: prediction for query, prediction in zip(batch, outputs)}
+        predictions.update(computed)
+        on_batch(computed)
+        progress.update(len(batch))
+    if jax.process_index() != 0:
+      return {"metrics": {}, "predictions": predictions}
+    metric = (functools.partial(benchmark.metric, rule=settings.vqa_rule)
+              if benchmark.task == "vqa" else benchmark.metric)
+    return {"metrics": metric(predictions, queries), "predictions": predictions}
 
 
 def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
              name: str, data_dir: str, shots: int, settings: Settings = Settings()) -> dict:
   """{"metrics": {name: value}, "predictions": {example id: prediction}} of benchmark `name`
-  with `shots` support examples per query."""
-  benchmark = BENCHMARKS[name]
-  queries = benchmark.read(data_dir, benchmark.eval_split)
-  rng = np.random.default_rng(settings.seed)
-  if settings.num_samples and settings.num_samples < len(queries):
-    queries = [queries[i] for i in sorted(rng.choice(len(queries), settings.num_samples,
-                                                     replace=False))]
-  episodic = benchmark.support_split is None
-  support = (binding.episode_pool(queries) if episodic
-             else benchmark.read(data_dir, benchmark.support_split))
-  classes = benchmark.classes(data_dir) if benchmark.classes else None
-  style = prompts.FORMATS[settings.style]
-  format_ = style[name] if name in style else style[benchmark.task]
-  video = benchmark.task == "video_vqa"
-  if settings.selection == "rices" and video:
-    raise ValueError("RICES retrieves by image features; use random support for video.")
-  if settings.frame_sampling not in FRAME_SAMPLINGS:
-    raise ValueError(f"Unknown frame sampling {settings.frame_sampling!r}; choose from "
-                     f"{FRAME_SAMPLINGS}.")
-  loader = media_lib.MediaLoader(config.model)
-
-  def load(example: Example) -> np.ndarray:
-    """float32 [T, S, S, 3]: a clip's frames, or the image."""
-    if not video:
-      return loader.images(example.image_paths)
-    if settings.frame_sampling == "spread":
-      return loader.clip(example.image_paths, settings.num_frames)
-    return loader.clip_at_rate(example.image_paths, settings.frames_fps, settings.clip_fps,
-                               settings.num_frames)
-
-  def features(examples):
-    return np.concatenate([np.asarray(rices.pooled_features(
-        model, params, jnp.asarray(loader.images([e.image_paths[0] for e in examples[i:i + 64]]))))
-        for i in range(0, len(examples), 64)])
-
-  chosen = select_support(settings, shots, queries, support, features, rng, episodic)
-  predict = evaluator(model, params, config, vocabulary, benchmark, format_, classes, settings)
-  close_ended = benchmark.task == "classification"
-  orders = shot_orders(chosen.shape[1], settings.permutations if close_ended else 1, rng)
-  text_only = shots == 0
-
-  def inputs(batch: list[Example], rows: np.ndarray, order: tuple):
-    """The batch's left-padded prompts (tokens, positions int32 [B, L]) and media [B, M, ...],
-    each query's shots in `order`."""
-    prompt_list, media = [], []
-    for query, indices in zip(batch, rows):
-      shown = [support[indices[k]] for k in order]
-      prompt_list.append(prompts.prompt_tokens(
-          format_, [(s.question, support_answer(classes, s)) for s in shown],
-          query.question, vocabulary, text_only_support=text_only))
-      media.append(np.stack(([] if text_only else [load(s) for s in shown]) + [load(query)]))
-    # A short last batch repeats its last query, so that every batch has one shape.
-    filler = settings.batch_size - len(batch)
-    prompt_list += [prompt_list[-1]] * filler
-    media += [media[-1]] * filler
-    tokens, positions = left_pad(prompt_list, length=bucket(max(map(len, prompt_list))))
-    return np.stack(media), tokens, positions
-
-  predictions = {}
-  for start in range(0, len(queries), settings.batch_size):
-    batch = queries[start:start + settings.batch_size]
-    rows = chosen[start:start + settings.batch_size]
-    if close_ended:
-      scores = np.mean([predict(*inputs(batch, rows, order)) for order in orders], axis=0)
-      outputs = [benchmark.prediction(row) for row in scores]
-    else:
-      outputs = predict(*inputs(batch, rows, orders[0]))
-    for query, prediction in zip(batch, outputs):
-      predictions[query.id] = prediction
-  metric = (functools.partial(benchmark.metric, rule=settings.vqa_rule)
-            if benchmark.task == "vqa" else benchmark.metric)
-  return {"metrics": metric(predictions, queries), "predictions": predictions}
+  with `shots` support examples per query, drawn with `settings.seed`: one `Evaluation` run."""
+  return Evaluation(model, params, config, vocabulary, name, data_dir, settings).run(
+      shots, settings.seed)
