@@ -1,20 +1,25 @@
 """Few-shot evaluation on the paper's benchmarks, from their official files:
 
   python -m flamingo_jax.evaluate --checkpoint=DIR --benchmark=vqav2 --data_dir=DIR \
-      --shots=0,4,8,16,32
+      --shots=0,4,8,16,32 --trials=3
 
 The model comes from a `flamingo_jax.save` directory (with its config, or with --config's,
 which must have the same parameter shapes), its parameters sharded over the config's mesh (all
-devices; --mesh overrides its sizes) as training places them, the frozen ones in
---frozen_dtype. Prints a table of the benchmark's metrics per number of shots and writes them,
-with every prediction, to --output as JSON. Without --checkpoint the model has random weights
-(a dry run of the pipeline). Text goes through --vocabulary, else the checkpoint's
-`tokenizer.json` when it has one, else the config's vocabulary (`config.data.vocabulary`).
+devices of all hosts, with --multihost on each host; --mesh overrides its sizes) as training
+places them, the frozen ones in --frozen_dtype; each batch's queries are split over the mesh's
+batch axes. Prints a table of the benchmark's metrics per number of shots (with --trials, the
+mean and standard deviation over the seeds --seed, --seed + 1, ...) and writes them, with every
+prediction, to --output as JSON. Predictions are also appended to --output's `.partial.jsonl`
+as each batch finishes: a run stopped half-way and started again with the same flags resumes
+where it stopped. Without --checkpoint the model has random weights (a dry run of the
+pipeline). Text goes through --vocabulary, else the checkpoint's `tokenizer.json` when it has
+one, else the config's vocabulary (`config.data.vocabulary`).
 """
 
 import dataclasses
 import json
 import pathlib
+from typing import Any
 
 from flamingo_jax import console  # pylint: disable=g-bad-import-order
 if __name__ == "__main__":
@@ -23,8 +28,9 @@ if __name__ == "__main__":
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
 from ml_collections import config_flags
+import numpy as np
 
-from flamingo_jax import sharding
+from flamingo_jax import distributed, sharding
 from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import tokenizer
 from flamingo_jax.evaluation import harness, metrics, prompts
@@ -46,6 +52,11 @@ flags.DEFINE_integer("batch_size", 8, "Queries per batch.")
 flags.DEFINE_integer("num_samples", 0, "Queries to evaluate, a seeded subset (0: all).")
 flags.DEFINE_integer("beam_size", 3, "Beams for captions and answers (1: greedy).")
 flags.DEFINE_integer("seed", 0, "Seed of the subset and of random support examples.")
+flags.DEFINE_integer("trials", 1, "Runs with the seeds seed, seed + 1, ...: the table gives "
+                     "their mean and standard deviation, as the papers report.")
+flags.DEFINE_float("media_cache_gib", 4.0, "Visual tokens kept per host for media seen again.")
+flags.DEFINE_string("features_dir", "", "A folder where the support split's RICES features are "
+                    "kept for later runs (default: this run only).")
 flags.DEFINE_enum("vqa_rule", "server", list(metrics.VQA_RULES),
                   "VQA accuracy: the evaluation server's or OpenFlamingo's normalisation.")
 flags.DEFINE_float("frames_fps", 3.0, "Rate the video benchmarks' frames were extracted at.")
@@ -60,8 +71,49 @@ def output_path() -> pathlib.Path:
   return pathlib.Path(FLAGS.output or f"eval_{FLAGS.benchmark}.json")
 
 
+class PartialPredictions:
+  """The predictions of an unfinished run, a JSON line each ({"shots", "seed", "id",
+  "prediction"}) after a first line naming the run; written by host 0 as batches finish and
+  read back by a run of the same name, which then skips what is done."""
+
+  def __init__(self, path: pathlib.Path, run: dict):
+    self.path, self.done = path, {}
+    lines = path.read_text().splitlines() if path.exists() else []
+    if lines and json.loads(lines[0]) == run:
+      for line in lines[1:]:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:  # The line being written when the run stopped.
+          break
+        self.done.setdefault((record["shots"], record["seed"]), {})[record["id"]] = (
+            record["prediction"])
+    elif jax.process_index() == 0:
+      path.write_text(json.dumps(run) + "\n")
+
+  def of(self, shots: int, seed: int) -> dict[str, Any]:
+    return self.done.get((shots, seed), {})
+
+  def writer(self, shots: int, seed: int):
+    def write(predictions: dict[str, Any]) -> None:
+      if jax.process_index() == 0:
+        with self.path.open("a") as f:
+          f.writelines(json.dumps({"shots": shots, "seed": seed, "id": key, "prediction": value})
+                       + "\n" for key, value in predictions.items())
+    return write
+
+
+def summary(trials: list[dict]) -> dict:
+  """{"metrics": mean over the trials, "std": their standard deviation, "trials": [{"seed",
+  "metrics", "predictions"}]}."""
+  names = list(trials[0]["metrics"])
+  values = {n: [t["metrics"][n] for t in trials] for n in names}
+  return {"metrics": {n: float(np.mean(v)) for n, v in values.items()},
+          "std": {n: float(np.std(v)) for n, v in values.items()}, "trials": trials}
+
+
 def main(argv):
   del argv
+  distributed.initialize()
   if FLAGS.config is None and not FLAGS.checkpoint:
     raise app.UsageError("Give --checkpoint, --config or both.")
   config = FLAGS.config if FLAGS.config is not None else orbax_io.load_config_json(
@@ -81,20 +133,31 @@ def main(argv):
   settings = harness.Settings.for_style(
       FLAGS.style, selection=FLAGS.selection, batch_size=FLAGS.batch_size,
       num_samples=FLAGS.num_samples, beam_size=FLAGS.beam_size, vqa_rule=FLAGS.vqa_rule,
-      frames_fps=FLAGS.frames_fps, seed=FLAGS.seed)
+      frames_fps=FLAGS.frames_fps, seed=FLAGS.seed, media_cache_gib=FLAGS.media_cache_gib,
+      features_dir=FLAGS.features_dir)
+  evaluation = harness.Evaluation(model, params, config, vocabulary, FLAGS.benchmark,
+                                  FLAGS.data_dir, settings)
+  output = output_path()
+  run = {"benchmark": FLAGS.benchmark, "checkpoint": FLAGS.checkpoint,
+         "data_dir": FLAGS.data_dir, "settings": dataclasses.asdict(settings)}
+  partial = PartialPredictions(output.with_suffix(".partial.jsonl"), run)
   results = {}
   for shots in map(int, FLAGS.shots):
-    results[shots] = harness.evaluate(model, params, config, vocabulary, FLAGS.benchmark,
-                                      FLAGS.data_dir, shots, settings)
+    seeds = range(FLAGS.seed, FLAGS.seed + FLAGS.trials)
+    results[shots] = summary([
+        {"seed": seed, **evaluation.run(shots, seed, partial.of(shots, seed),
+                                        partial.writer(shots, seed))} for seed in seeds])
+  if jax.process_index() != 0:
+    return
   names = list(results[int(FLAGS.shots[0])]["metrics"])
   print(f"| {FLAGS.benchmark} shots | " + " | ".join(names) + " |")
   print("| --- " * (len(names) + 1) + "|")
   for shots, result in results.items():
-    print(f"| {shots} | " + " | ".join(f"{100 * result['metrics'][n]:.2f}" for n in names) + " |")
-  output = output_path()
-  output.write_text(json.dumps({"benchmark": FLAGS.benchmark, "checkpoint": FLAGS.checkpoint,
-                                "settings": dataclasses.asdict(settings), "results": results},
-                                indent=2))
+    cells = [f"{100 * result['metrics'][n]:.2f}" + (
+        f" ± {100 * result['std'][n]:.2f}" if FLAGS.trials > 1 else "") for n in names]
+    print(f"| {shots} | " + " | ".join(cells) + " |")
+  output.write_text(json.dumps({**run, "trials": FLAGS.trials, "results": results}, indent=2))
+  partial.path.unlink()
   print(f"Wrote {output}.")
 
 
