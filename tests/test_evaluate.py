@@ -378,3 +378,24 @@ def test_cli_resumes_from_the_predictions_of_a_stopped_run(tmp_path, data, tiny_
   assert run.returncode == 0, run.stderr[-3000:]
   resumed = json.loads(output.read_text())["results"]["2"]["trials"][0]["predictions"]
   assert resumed == {k: ("resumed " + v if k in first_batch else v) for k, v in expected.items()}
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_as_one(tmp_path, data, tiny_config, tiny_model):
+  """2 processes x 2 CPU devices (JAX's multi-controller runtime on a loopback coordinator)
+  give the metrics and predictions of 1 process x 4 devices: each batch's queries split over
+  data x fsdp across the hosts, RICES features and predictions gathered, host 0 writing."""
+  from multihost import run_processes
+  flamingo_jax.save(tmp_path / "ckpt", tiny_model[1], tiny_config)
+  outputs = {}
+  for processes in (1, 2):
+    output = tmp_path / f"okvqa_{processes}.json"
+    results = run_processes(cli(tmp_path / "ckpt", data["okvqa"], output, "--mesh=2,2,1",
+                                "--batch_size=4", "--shots=2"),
+                            num_processes=processes, devices_per_process=4 // processes,
+                            timeout=600)
+    assert "| okvqa shots | accuracy |" in results[0].stdout
+    assert "okvqa shots" not in "".join(r.stdout for r in results[1:])
+    outputs[processes] = json.loads(output.read_text())["results"]
+  assert len(outputs[2]["2"]["trials"][0]["predictions"]) == 3
+  assert outputs[2] == outputs[1]
