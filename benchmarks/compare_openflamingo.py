@@ -1,8 +1,9 @@
 """flamingo-jax against OpenFlamingo (the `open-flamingo` package), the same model side by side:
-training step, cached few-shot generation (greedy and beam search) and candidate scoring, on this
-machine's CPU in float32 with the same threads for both. Prints one table and writes it as JSON,
-with the training step's FLOPs (XLA's cost analysis, the jaxpr's matmuls and a formula) and how
-step time and memory grow with images per sequence and sequence length (flamingo-jax).
+training step, cached few-shot generation (greedy and beam search), candidate scoring and
+few-shot captioning evaluation, on this machine's CPU in float32 with the same threads for
+both. Prints one table and writes it as JSON, with the training step's FLOPs (XLA's cost
+analysis, the jaxpr's matmuls and a formula) and how step time and memory grow with images per
+sequence and sequence length (flamingo-jax).
 
   python benchmarks/compare_openflamingo.py                 # the default configuration
   python benchmarks/compare_openflamingo.py --smoke         # a tiny model, in half a minute
@@ -29,15 +30,32 @@ Each side computes as its users run it:
 - scoring: OpenFlamingo as its evaluation does (`cache_media`, the prompt read once, each
   candidate run on the prompt's cache); flamingo-jax's `decode.candidate_log_likelihoods` (all
   candidates in one call on copies of the prompt's cache).
+- few-shot captioning evaluation: a COCO benchmark's official files written to the work folder
+  (Karpathy's dataset_coco.json; `--eval_queries` test images and a pool of `--eval_pool`
+  support images, random pictures at the tower's resolution with captions of random words) and
+  a word tokenizer of the LM's vocabulary, which both sides read. flamingo-jax runs
+  `evaluation.harness.evaluate` (random support, `--beams` beams, `--new_tokens` new tokens,
+  batches of `--eval_batch`). OpenFlamingo runs its evaluation loop, `evaluate_captioning` with
+  its `EvalModel` (open_flamingo/eval in its repository; the wheel ships its datasets and
+  postprocessing, which are used here, but neither the EvalModel nor an evaluate.py that imports
+  as a module): per batch, every demonstration's and query's image through the image processor
+  and the tower, its prompts (`<image>Output:{caption}<|endofchunk|>` a demonstration), beam
+  search as generate() does it (the driver above, with the loop's length penalty 0), its
+  postprocessing, then CIDEr (as its COCOEvalCap computes it; the evaluator's other scorers are
+  left out, SPICE needing Stanford CoreNLP, which cannot be fetched offline). Each query shows
+  the same support examples on both sides, those the harness drew. Each side's whole evaluation
+  (reading the files and images, decoding, the metric) is timed once per shot count, after a
+  warm-up evaluation of a second benchmark's one query (other images, so that nothing a side
+  cached is reused; flamingo-jax fills a short batch, so it compiles a whole batch's programs).
 
 flamingo-jax runs in a process of its own (benchmarks/compare_openflamingo_jax.py), started
 from this one after the model is saved, so each side's peak memory is its own; both processes
 are pinned to the same `--threads` CPUs (`os.sched_setaffinity`, from which XLA sizes its thread
 pools; torch.set_num_threads for torch). Times are medians of `--runs` runs after one warm-up
-run (flamingo-jax's compilation); peak memory is the process's peak resident set (VmHWM) over
-the timed training steps, with everything it holds (weights, optimiser state, runtime, and on
-flamingo-jax's side TensorFlow and what XLA's compiler keeps), and that less its resident set
-after its imports.
+run (flamingo-jax's compilation), but the captioning evaluation's single run; peak memory is the
+process's peak resident set (VmHWM) over the timed training steps, with everything it holds
+(weights, optimiser state, runtime, and on flamingo-jax's side TensorFlow and what XLA's
+compiler keeps), and that less its resident set after its imports.
 """
 
 import datetime
@@ -54,11 +72,18 @@ import time
 from absl import app, flags
 import numpy as np
 import open_clip
+from open_flamingo.eval import coco_metric as of_coco_metric
+from open_flamingo.eval import eval_datasets as of_eval_datasets
+from open_flamingo.eval import eval_model as of_eval_model
 from open_flamingo.src import flamingo as of_flamingo
 from open_flamingo.src import flamingo_lm as of_lm
 from open_flamingo.src import helpers as of_helpers
 from open_flamingo.src import utils as of_utils
+from PIL import Image
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 import safetensors.torch
+import tokenizers
 import torch
 import transformers
 
@@ -78,6 +103,14 @@ flags.DEFINE_list("scaling_images", ["1", "5", "32"],
 flags.DEFINE_list("scaling_lengths", ["64", "256", "512"],
                   "flamingo-jax's training step with these sequence lengths too.")
 flags.DEFINE_integer("scaling_runs", 2, "Timed runs of each scaling point.")
+flags.DEFINE_integer("eval_queries", 16, "Queries (test images) of the few-shot captioning "
+                     "evaluation, at each of --shots.")
+flags.DEFINE_integer("eval_batch", 8, "Queries per batch of the captioning evaluation (the "
+                     "default of OpenFlamingo's evaluate.py and of flamingo-jax's harness).")
+flags.DEFINE_integer("eval_pool", 32, "Support images each query's shots are drawn from. A "
+                     "real evaluation shows each one many times (5,000 COCO queries at 32 shots "
+                     "from OpenFlamingo's 2,048: 78 times), which a few queries approach only "
+                     "with a small pool.")
 flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "flamingo-jax's remat policy.")
 flags.DEFINE_bool("scan_layers", False, "flamingo-jax's layer scan.")
 flags.DEFINE_float("tolerance", 1e-3, "The most the two sides' logits, first losses and "
@@ -113,7 +146,12 @@ SMOKE = dict(
     query=2)
 CANDIDATE_LENGTHS = (1, 2, 3, 4, 2)  # Tokens of each candidate answer that scoring ranks.
 SMOKE_FLAGS = dict(runs=3, shots=["2"], new_tokens=8, scaling_images=["1"], scaling_lengths=[],
-                   scaling_runs=1)
+                   scaling_runs=1, eval_queries=4, eval_batch=2)
+# The captioning evaluation's tokenizer: LLaMA's special tokens, the prompt's words, and words
+# "w<i>" filling the LM's vocabulary; captions are random words.
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
+PROMPT_WORDS = ("Output", ":")
+REFERENCES = 5  # Captions per COCO image.
 
 
 def set_smoke_defaults() -> None:
@@ -122,13 +160,15 @@ def set_smoke_defaults() -> None:
       FLAGS[name].value = value
 
 
-def open_flamingo_model(sizes: dict, directory: pathlib.Path) -> of_flamingo.Flamingo:
-  """OpenFlamingo with random weights, built as its factory builds one; the LM's config (before
-  the new tokens) saved in directory/lm, for the import."""
+def open_flamingo_model(sizes: dict, directory: pathlib.Path):
+  """(OpenFlamingo with random weights, built as its factory builds one; its tower's image
+  processor). The LM's config (before the new tokens) is saved in directory/lm, for the
+  import."""
   (directory / "open_clip").mkdir(exist_ok=True)
   (directory / "open_clip" / "open_clip_config.json").write_text(
       json.dumps(dict(model_cfg=sizes["open_clip"])))
-  clip = open_clip.create_model(f"local-dir:{directory / 'open_clip'}")
+  clip, _, image_processor = open_clip.create_model_and_transforms(
+      f"local-dir:{directory / 'open_clip'}")
   clip.visual.output_tokens = True
   config = transformers.LlamaConfig(**sizes["lm"])
   config.save_pretrained(directory / "lm")
@@ -146,7 +186,56 @@ def open_flamingo_model(sizes: dict, directory: pathlib.Path) -> of_flamingo.Fla
     for name, p in model.named_parameters():
       if name.endswith("_gate"):  # Open at 0 the gated layers would change nothing.
         p.fill_(0.5)
-  return model.eval()
+  return model.eval(), image_processor
+
+
+def save_tokenizer(directory: pathlib.Path, vocab: int) -> list[str]:
+  """A word-level tokenizer of `vocab` tokens, LLaMA's special tokens among them (a sequence
+  opens with `<s>`), saved in `directory` as transformers saves one (tokenizer.json and
+  tokenizer_config.json, from which flamingo-jax's `data.tokenizer` reads it too). Returns its
+  caption words. Whitespace separates words and is no token, so OpenFlamingo's prompts, which
+  put a newline after each demonstration, read as flamingo-jax's, which do not."""
+  words = [f"w{i}" for i in range(vocab - len(SPECIAL_TOKENS) - len(PROMPT_WORDS))]
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {w: i for i, w in enumerate((*SPECIAL_TOKENS, *PROMPT_WORDS, *words))}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+      single="<s> $A", special_tokens=[("<s>", SPECIAL_TOKENS.index("<s>"))])
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+      eos_token="</s>").save_pretrained(directory)
+  return words
+
+
+def open_flamingo_tokenizer(directory: pathlib.Path):
+  """The tokenizer in `directory` as OpenFlamingo's factory prepares its LM's: `<|endofchunk|>`
+  and `<image>` added after its vocabulary (its pad token is its own)."""
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+  tokenizer.add_special_tokens({"additional_special_tokens": ["<|endofchunk|>", "<image>"]})
+  return tokenizer
+
+
+def write_coco(directory: pathlib.Path, queries: int, pool: int, image_size: int,
+               words: list[str], caption: int, seed: int) -> None:
+  """A COCO captioning benchmark's official files as flamingo-jax's `read_coco` and
+  OpenFlamingo's `CaptionDataset` read them: Karpathy's dataset_coco.json with `queries` test
+  images and `pool` train images (the support), each with REFERENCES captions of `caption`
+  random words, and the images: smooth random colours at the tower's resolution, as PNG, so
+  that both sides decode the same pixels. Equally long captions make a shot count's prompts
+  equally long, so OpenFlamingo's batches hold no padding."""
+  rng, words = np.random.default_rng(seed), np.asarray(words)
+  images = []
+  for split, folder, count in (("test", "val2014", queries), ("train", "train2014", pool)):
+    (directory / folder).mkdir(parents=True, exist_ok=True)
+    for _ in range(count):
+      cocoid = len(images)
+      name = f"COCO_{folder}_{cocoid:012d}.png"
+      Image.fromarray(rng.integers(0, 256, (4, 4, 3), np.uint8)).resize(
+          (image_size, image_size), Image.Resampling.BICUBIC).save(directory / folder / name)
+      images.append(dict(split=split, filepath=folder, filename=name, cocoid=cocoid,
+                         sentences=[dict(raw=" ".join(rng.choice(words, caption)))
+                                    for _ in range(REFERENCES)]))
+  (directory / "dataset_coco.json").write_text(json.dumps(dict(images=images)))
 
 
 def state_dict(model: of_flamingo.Flamingo) -> dict[str, torch.Tensor]:
@@ -255,16 +344,16 @@ class OpenFlamingoSide:
     return dict(seconds=times, first_loss=first_loss, peak_rss=measure.peak_rss(),
                 trainable_parameters=sum(p.numel() for _, p in named))
 
-  def start(self, images: np.ndarray, prompt: np.ndarray, repeats: int = 1):
-    """As open-flamingo's generate(): the media encoded once for the call, then the prompt read
-    into the LM's cache. Returns the logits of its last position [B * repeats, V + 2] and the
-    cache."""
+  def start(self, vision_x: torch.Tensor, prompt: torch.Tensor, repeats: int = 1):
+    """As open-flamingo's generate(): the media [B, M, 1, 3, H, W] encoded once for the call,
+    then the prompts [B, L] read into the LM's cache. Returns the logits of their last position
+    [B * repeats, V + 2] and the cache."""
     # pylint: disable=protected-access
     self.lm._use_cached_vision_x = True
-    self.model._encode_vision_x(self.vision_x(images).repeat_interleave(repeats, 0))
+    self.model._encode_vision_x(vision_x.repeat_interleave(repeats, 0))
     # pylint: enable=protected-access
-    out = self.lm(input_ids=torch.from_numpy(prompt).repeat_interleave(repeats, 0),
-                  attention_mask=None, use_cache=True, logits_to_keep=1)
+    out = self.lm(input_ids=prompt.repeat_interleave(repeats, 0), attention_mask=None,
+                  use_cache=True, logits_to_keep=1)
     return out.logits[:, -1], out.past_key_values
 
   def extend(self, tokens: torch.Tensor, cache):
@@ -278,11 +367,11 @@ class OpenFlamingoSide:
     self.lm._use_cached_vision_x = False  # pylint: disable=protected-access
 
   @torch.no_grad()
-  def greedy(self, images: np.ndarray, prompt: np.ndarray, new_tokens: int):
+  def greedy(self, vision_x: torch.Tensor, prompt: torch.Tensor, new_tokens: int):
     """(tokens [B, new_tokens], seconds to the first one); after `<|endofchunk|>` a sequence
     repeats it."""
     start = time.perf_counter()
-    logits, cache = self.start(images, prompt)
+    logits, cache = self.start(vision_x, prompt)
     token = logits.argmax(-1)
     first = time.perf_counter() - start
     tokens, done = [token], torch.zeros_like(token, dtype=torch.bool)
@@ -295,12 +384,13 @@ class OpenFlamingoSide:
     return torch.stack(tokens, 1).numpy(), first
 
   @torch.no_grad()
-  def beam(self, images: np.ndarray, prompt: np.ndarray, new_tokens: int, k: int):
+  def beam(self, vision_x: torch.Tensor, prompt: torch.Tensor, new_tokens: int, k: int,
+           length_penalty: float = 1.0):
     """Beam search as flamingo_jax.decode.beam_search computes it (K live and K finished
-    hypotheses, 2K candidates a step, length penalty 1): (sequences [B, K, new_tokens],
-    scores [B, K], seconds to the first token)."""
+    hypotheses, 2K candidates a step, scores divided by length ** length_penalty):
+    (sequences [B, K, new_tokens], scores [B, K], seconds to the first token)."""
     start = time.perf_counter()
-    logits, cache = self.start(images, prompt, repeats=k)
+    logits, cache = self.start(vision_x, prompt, repeats=k)
     batch, vocab = prompt.shape[0], logits.shape[-1]
     live_seqs = torch.full((batch, k, new_tokens), self.eoc)
     live_scores = torch.full((batch, k), -torch.inf)
@@ -320,7 +410,8 @@ class OpenFlamingoSide:
       seqs[:, :, t] = token
       stopped = token == self.eoc
       done_scores, done_seqs = best(
-          torch.cat([done_scores, torch.where(stopped, scores / (t + 1), -torch.inf)], 1),
+          torch.cat([done_scores, torch.where(stopped, scores / (t + 1) ** length_penalty,
+                                              -torch.inf)], 1),
           torch.cat([done_seqs, seqs], 1))
       live_scores, live_seqs, origin, token = best(torch.where(stopped, -torch.inf, scores),
                                                    seqs, origin, token)
@@ -330,8 +421,9 @@ class OpenFlamingoSide:
         cache.reorder_cache((torch.arange(batch)[:, None] * k + origin).view(-1))
         logits = self.extend(token.reshape(-1), cache)
     self.finish()
-    scores, seqs = best(torch.cat([done_scores, live_scores / new_tokens], 1),
-                        torch.cat([done_seqs, live_seqs], 1))
+    scores, seqs = best(
+        torch.cat([done_scores, live_scores / new_tokens ** length_penalty], 1),
+        torch.cat([done_seqs, live_seqs], 1))
     return seqs.numpy(), scores.numpy(), first
 
   @torch.no_grad()
@@ -361,6 +453,7 @@ class OpenFlamingoSide:
     """(seconds of greedy and beam decoding, of their first tokens (timed inside the same
     calls) and of scoring; the outputs)."""
     seconds, outputs, firsts = {}, {}, {"greedy": [], "beam": []}
+    vision_x, prompt_ids = self.vision_x(images), torch.from_numpy(prompt)
 
     def timed(name, call):
       *out, first = call()
@@ -368,14 +461,97 @@ class OpenFlamingoSide:
       return out
 
     seconds["greedy"], (outputs["greedy"],) = measure.seconds(
-        lambda: timed("greedy", lambda: self.greedy(images, prompt, new_tokens)), runs)
+        lambda: timed("greedy", lambda: self.greedy(vision_x, prompt_ids, new_tokens)), runs)
     seconds["beam"], (outputs["beam"], outputs["beam_scores"]) = measure.seconds(
-        lambda: timed("beam", lambda: self.beam(images, prompt, new_tokens, beams)), runs)
+        lambda: timed("beam", lambda: self.beam(vision_x, prompt_ids, new_tokens, beams)),
+        runs)
     for name, times in firsts.items():
       seconds[f"{name}_first_token"] = times[-runs:]  # Not the warm-up's.
     seconds["score"], outputs["score"] = measure.seconds(
         lambda: self.score(images, prompt, candidates, lengths), runs)
     return seconds, outputs
+
+
+class EvalModel(of_eval_model.BaseEvalModel):
+  """OpenFlamingo's EvalModel (open_flamingo/eval/models/open_flamingo.py, which the wheel does
+  not ship) on the benchmark's model: its prompts, image and text preparation and outputs, the
+  generation driven as generate() does (`OpenFlamingoSide.beam`)."""
+
+  def __init__(self, side: OpenFlamingoSide, image_processor, tokenizer):
+    self.side, self.image_processor, self.tokenizer = side, image_processor, tokenizer
+    self.tokenizer.padding_side = "left"
+
+  def _prepare_images(self, batch) -> torch.Tensor:
+    """Lists of PIL images (as many for every query) -> [B, M, 1, 3, H, W]."""
+    return torch.stack([torch.stack([self.image_processor(image) for image in images])
+                        for images in batch])[:, :, None]
+
+  def get_outputs(self, batch_text: list[str], batch_images, max_generation_length: int,
+                  num_beams: int, length_penalty: float) -> list[str]:
+    """The best beam's text after each prompt."""
+    vision_x = self._prepare_images(batch_images)
+    text = self.tokenizer(batch_text, padding="longest", return_tensors="pt")
+    # The driver passes no attention mask, as generate() would pass one of ones here.
+    assert text["attention_mask"].all(), "prompts of different lengths in one batch"
+    with torch.inference_mode():
+      sequences, _, _ = self.side.beam(vision_x, text["input_ids"], max_generation_length,
+                                       num_beams, length_penalty)
+    return self.tokenizer.batch_decode(sequences[:, 0], skip_special_tokens=True)
+
+  def get_caption_prompt(self, caption=None) -> str:
+    return (f"<image>Output:{caption if caption is not None else ''}"
+            f"{'<|endofchunk|>' if caption is not None else ''}")
+
+
+def cider(captions: dict[str, str], references: dict[str, list[str]]) -> float:
+  """CIDEr as OpenFlamingo's `compute_cider` takes it from pycocoevalcap's COCOEvalCap: the
+  references and the captions PTB-tokenised, then CIDEr-D."""
+  tokenizer = PTBTokenizer()
+  gts = tokenizer.tokenize({k: [{"caption": c} for c in refs] for k, refs in references.items()})
+  res = tokenizer.tokenize({k: [{"caption": c}] for k, c in captions.items()})
+  return float(Cider().compute_score(gts, res)[0])
+
+
+def evaluate_captioning(eval_model: EvalModel, data_dir: pathlib.Path, support: np.ndarray,
+                        batch_size: int, new_tokens: int, beams: int) -> dict:
+  """OpenFlamingo's `evaluate_captioning` (open_flamingo/eval/evaluate.py) on the COCO files in
+  data_dir, every test image in file order, query i shown the train images support[i]:
+  {"metrics": {"CIDEr"}, "predictions": {image id: caption}}."""
+  dataset = lambda is_train: of_eval_datasets.CaptionDataset(
+      image_train_dir_path=data_dir / "train2014", image_val_dir_path=data_dir / "val2014",
+      annotations_path=data_dir / "dataset_coco.json", is_train=is_train, dataset_name="coco")
+  train, test = dataset(True), dataset(False)
+  query_set = [train[i] for i in range(len(train))]  # Its get_query_set: the pool, loaded.
+  predictions = {}
+  for start in range(0, len(test), batch_size):
+    batch = [test[i] for i in range(start, min(start + batch_size, len(test)))]
+    demos = [[query_set[j] for j in support[start + i]] for i in range(len(batch))]
+    outputs = eval_model.get_outputs(
+        batch_text=["".join(eval_model.get_caption_prompt(caption=d["caption"].strip()) + "\n"
+                            for d in shown) + eval_model.get_caption_prompt()
+                    for shown in demos],
+        batch_images=[[d["image"] for d in shown] + [query["image"]]
+                      for query, shown in zip(batch, demos)],
+        max_generation_length=new_tokens, num_beams=beams, length_penalty=0.0)
+    for query, output in zip(batch, outputs):
+      predictions[str(query["image_id"])] = (
+          of_coco_metric.postprocess_captioning_generation(output).replace('"', ""))
+  references = {str(image["cocoid"]): [s["raw"] for s in image["sentences"]]
+                for image in test.annotations}
+  return dict(metrics=dict(CIDEr=cider(predictions, references)), predictions=predictions)
+
+
+def time_captioning(eval_model: EvalModel, spec: dict, support: np.ndarray) -> dict:
+  """`evaluate_captioning` of the work folder's COCO files, timed as flamingo-jax's evaluation
+  is (once, after a warm-up evaluation of the warm-up benchmark's one query): its seconds,
+  metrics and predictions."""
+  evaluation = spec["eval"]
+  run = lambda data, rows: evaluate_captioning(eval_model, pathlib.Path(data), rows,
+                                               evaluation["batch"], spec["new_tokens"],
+                                               spec["beams"])
+  run(evaluation["warmup"], support[:1])
+  seconds, result = measure.seconds(lambda: run(evaluation["data"], support), 1, warmup=0)
+  return dict(seconds=seconds, **result)
 
 
 def run_flamingo_jax(directory: pathlib.Path) -> tuple[dict, dict]:
@@ -392,10 +568,18 @@ def measure_both(sizes: dict, directory: pathlib.Path, rss_after_imports: int) -
   against OpenFlamingo's), then OpenFlamingo's; returns both sides' results and outputs.
   rss_after_imports: this process's resident memory before it built anything."""
   torch.manual_seed(0)
-  model = open_flamingo_model(sizes, directory)
+  model, image_processor = open_flamingo_model(sizes, directory)
   safetensors.torch.save_file(state_dict(model), directory / CHECKPOINT)
-  vocab = sizes["lm"]["vocab_size"]
-  inputs = make_inputs(sizes, model.vision_encoder.image_size[0])
+  vocab, image_size = sizes["lm"]["vocab_size"], model.vision_encoder.image_size[0]
+  inputs = make_inputs(sizes, image_size)
+  # The captioning evaluation's benchmark, and one query of another to warm up on.
+  words = save_tokenizer(directory / "tokenizer", vocab)
+  evaluation = dict(queries=FLAGS.eval_queries, batch=FLAGS.eval_batch,
+                    data=str(directory / "coco"), warmup=str(directory / "coco_warmup"),
+                    tokenizer=str(directory / "tokenizer" / "tokenizer.json"))
+  for name, queries, seed in (("data", FLAGS.eval_queries, 0), ("warmup", 1, 1)):
+    write_coco(pathlib.Path(evaluation[name]), queries, FLAGS.eval_pool, image_size, words,
+               sizes["caption"], seed)
   np.savez(directory / "inputs.npz", **inputs)
   side = OpenFlamingoSide(model, vocab)
   np.save(directory / "open_flamingo_logits.npy",
@@ -405,7 +589,7 @@ def measure_both(sizes: dict, directory: pathlib.Path, rss_after_imports: int) -
               scaling=list(scaling_points(sizes)), scaling_runs=FLAGS.scaling_runs,
               remat=FLAGS.remat, scan_layers=FLAGS.scan_layers, vocab_size=vocab,
               open_clip=sizes["open_clip"], tolerance=FLAGS.tolerance,
-              compilation_cache=FLAGS.compilation_cache)
+              compilation_cache=FLAGS.compilation_cache, eval=evaluation)
   (directory / "spec.json").write_text(json.dumps(spec))
   # What OpenFlamingo's side runs on; the scaling batches are flamingo-jax's alone.
   inputs = {k: v for k, v in inputs.items() if not k.startswith("scaling_")}
@@ -423,14 +607,18 @@ def measure_both(sizes: dict, directory: pathlib.Path, rss_after_imports: int) -
         inputs["candidates"], inputs["candidate_lengths"], FLAGS.new_tokens, FLAGS.beams,
         FLAGS.runs)
     their_outputs |= {f"{k}_{shots}": v for k, v in out.items()}
+  eval_model = EvalModel(side, image_processor, open_flamingo_tokenizer(directory / "tokenizer"))
+  for shots in spec["shots"]:  # The support each query was shown on flamingo-jax's side.
+    theirs[f"eval_{shots}"] = time_captioning(eval_model, spec,
+                                              np.asarray(ours[f"eval_{shots}"]["support"]))
   theirs["parameters"] = sum(p.numel() for p in model.parameters())
   return dict(ours=ours, theirs=theirs, our_outputs=our_outputs, their_outputs=their_outputs,
               prompt_lengths={s: inputs[f"prompt_tokens_{s}"].shape[1] for s in spec["shots"]})
 
 
 def checks(results: dict, shots) -> dict:
-  """How far the two sides' outputs agree. Tokens can part on near-ties of random weights'
-  logits, so they are reported, not required."""
+  """How far the two sides' outputs agree. Tokens (and so captions) can part on near-ties of
+  random weights' logits, so they are reported, not required."""
   ours, theirs = results["our_outputs"], results["their_outputs"]
   max_diff = lambda key: float(np.abs(ours[key] - theirs[key]).max())
   out = dict(logits_max_abs_diff=results["ours"]["logits_max_abs_diff"],
@@ -443,6 +631,12 @@ def checks(results: dict, shots) -> dict:
                                                   axis=-1))),
         beam_scores_max_abs_diff=max_diff(f"beam_scores_{s}"),
         log_likelihoods_max_abs_diff=max_diff(f"score_{s}"))
+    a, b = (r[f"eval_{s}"] for r in (results["ours"], results["theirs"]))
+    # Stripped: OpenFlamingo's postprocessing leaves the spaces before an "Output" it cuts at.
+    out[f"eval_{s}"] = dict(
+        captions_equal=float(np.mean([a["predictions"][k] == b["predictions"][k].strip()
+                                      for k in a["predictions"]])),
+        cider=dict(flamingo_jax=a["metrics"]["CIDEr"], open_flamingo=b["metrics"]["CIDEr"]))
   return out
 
 
@@ -480,6 +674,11 @@ def table_rows(results: dict, sizes: dict, shots) -> list[dict]:
       add(benchmark, "new tokens/s end to end", lambda t: p * n / t[0], times, True)
     add(f"score {len(CANDIDATE_LENGTHS)} candidates, {prompt}", "s", lambda t: t,
         lambda r: measure.median(r[f"shots_{s}"]["score"]), False)
+  q = FLAGS.eval_queries
+  for s in shots:
+    add(f"few-shot captioning eval, {s} shots ({q} queries in batches of {FLAGS.eval_batch}, "
+        f"beam {FLAGS.beams}, {n} new)", "queries/s", lambda t: q / t,
+        lambda r: measure.median(r[f"eval_{s}"]["seconds"]), True)
   return rows
 
 
@@ -538,13 +737,17 @@ def report(results: dict, sizes: dict, shots) -> dict:
           f"{a['beam_sequences_equal']:.0%} (scores max |difference| "
           f"{a['beam_scores_max_abs_diff']:.1e}), log-likelihoods max |difference| "
           f"{a['log_likelihoods_max_abs_diff']:.1e}")
+    e = agreement[f"eval_{s}"]
+    print(f"  {s}-shot captioning eval: captions equal {e['captions_equal']:.0%}, CIDEr "
+          f"{e['cider']['flamingo_jax']:.4f} vs {e['cider']['open_flamingo']:.4f}")
   rows = table_rows(results, sizes, shots)
   print()
   print(markdown(rows, [("benchmark", "benchmark"), ("metric", "metric"),
                         ("flamingo_jax", "flamingo-jax"), ("open_flamingo", "OpenFlamingo"),
                         ("ratio", "ratio")]))
   print("(ratio: flamingo-jax's advantage, a rate's ours / theirs, a time's or memory's "
-        f"theirs / ours; medians of {FLAGS.runs} runs after a warm-up run)")
+        f"theirs / ours; medians of {FLAGS.runs} runs after a warm-up run, the captioning "
+        "evaluation's one run)")
   flops = ours["train"]["flops"]
   formula = flops["formula"]["total"]
   step = {k: measure.median(r["train"]["seconds"]) for k, r in (("ours", ours),
@@ -569,7 +772,8 @@ def report(results: dict, sizes: dict, shots) -> dict:
               flags={k: FLAGS[k].value for k in ("smoke", "runs", "shots", "prompts",
                                                   "new_tokens", "beams", "scaling_images",
                                                   "scaling_lengths", "scaling_runs", "remat",
-                                                  "scan_layers", "tolerance")},
+                                                  "scan_layers", "tolerance", "eval_queries",
+                                                  "eval_batch", "eval_pool")},
               checks=agreement, rows=rows, flops=flops, scaling=scaling,
               flamingo_jax=ours, open_flamingo=theirs)
 
@@ -583,6 +787,8 @@ def main(argv):
   measure.pin_cpus(FLAGS.threads)
   torch.set_num_threads(FLAGS.threads)
   shots = list(map(int, FLAGS.shots))
+  if FLAGS.eval_pool < max(shots):
+    sys.exit(f"--eval_pool={FLAGS.eval_pool} support images cannot give {max(shots)} shots.")
   with tempfile.TemporaryDirectory() as temporary:
     directory = pathlib.Path(FLAGS.workdir or temporary)
     directory.mkdir(parents=True, exist_ok=True)

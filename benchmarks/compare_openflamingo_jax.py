@@ -6,13 +6,14 @@ meets torch (whose triton breaks when loaded after it).
 
 DIR is compare_openflamingo.py's work folder: spec.json (the settings), inputs.npz (the batches,
 prompts and candidates, token ids in OpenFlamingo's order), open_flamingo.safetensors (the
-OpenFlamingo model's state dict) and lm/config.json (its LM's Hugging Face config). The model is
-imported with `checkpoints.flamingo_sources`, so both sides run the same weights. Before timing
-anything, its logits on the training batch are checked against OpenFlamingo's
+OpenFlamingo model's state dict), lm/config.json (its LM's Hugging Face config), and for the
+captioning evaluation a tokenizer and two COCO benchmarks' files (spec.json names them). The
+model is imported with `checkpoints.flamingo_sources`, so both sides run the same weights.
+Before timing anything, its logits on the training batch are checked against OpenFlamingo's
 (DIR/open_flamingo_logits.npy): more than the tolerance apart, it exits with an error. Writes
-DIR/jax.json (seconds, memory, FLOPs, scaling) and DIR/jax_outputs.npz (generated tokens, beam
-scores, log-likelihoods; token ids in OpenFlamingo's order), which compare_openflamingo.py
-checks against its own.
+DIR/jax.json (seconds, memory, FLOPs, scaling; the evaluation's predictions and the support
+each query was shown) and DIR/jax_outputs.npz (generated tokens, beam scores, log-likelihoods;
+token ids in OpenFlamingo's order), which compare_openflamingo.py checks against its own.
 """
 
 import json
@@ -28,6 +29,8 @@ import measure
 from flamingo_jax import decode
 from flamingo_jax.checkpoints import flamingo_sources, open_flamingo
 from flamingo_jax.configs.base import training_sections
+from flamingo_jax.data import tokenizer
+from flamingo_jax.evaluation import benchmarks, harness
 from flamingo_jax.flamingo import trainable
 from flamingo_jax.flamingo.model import lm_config, xattn_layer_indices
 from flamingo_jax.flamingo.scan import stack_layers
@@ -189,6 +192,26 @@ class Side:
     return seconds, dict(greedy=self.theirs(outputs["greedy"]), beam=self.theirs(seqs),
                          beam_scores=np.asarray(beam_scores), score=np.asarray(scores))
 
+  def captioning(self, spec: dict, shots: int) -> dict:
+    """Few-shot captioning evaluation of the work folder's COCO files (`harness.evaluate`),
+    timed once after a warm-up evaluation of the warm-up benchmark's one query (a batch filled
+    with it: the same programs compiled): its seconds, metrics and predictions, and the support
+    each query was shown (train indices [Q, shots]), for OpenFlamingo's side to show the
+    same."""
+    e = spec["eval"]
+    vocabulary = tokenizer.make_vocabulary(e["tokenizer"])
+    settings = harness.Settings(selection="random", batch_size=e["batch"],
+                                num_samples=e["queries"], max_new_tokens=spec["new_tokens"],
+                                beam_size=spec["beams"])
+    run = lambda data: harness.evaluate(self.model, self.params, self.config, vocabulary,
+                                        "coco", data, shots, settings)
+    run(e["warmup"])
+    seconds, result = measure.seconds(lambda: run(e["data"]), 1, warmup=0)
+    coco = benchmarks.BENCHMARKS["coco"]
+    train = {example.id: i for i, example in enumerate(coco.read(e["data"], coco.support_split))}
+    support = [[train[i] for i in ids] for ids in result.pop("support").values()]
+    return dict(seconds=seconds, support=support, **result)
+
 
 def main(argv):
   rss_after_imports = measure.rss()
@@ -217,6 +240,8 @@ def main(argv):
         inputs[f"prompt_images_{shots}"], inputs[f"prompt_tokens_{shots}"],
         inputs["candidates"], inputs["candidate_lengths"], spec)
     outputs |= {f"{k}_{shots}": v for k, v in out.items()}
+  for shots in spec["shots"]:
+    results[f"eval_{shots}"] = side.captioning(spec, shots)
   results["scaling"] = []
   for name in spec["scaling"]:
     images, tokens = inputs[f"scaling_images_{name}"], inputs[f"scaling_tokens_{name}"]

@@ -104,7 +104,7 @@ class PartialPredictions:
 
 def summary(trials: list[dict]) -> dict:
   """{"metrics": mean over the trials, "std": their standard deviation, "trials": [{"seed",
-  "metrics", "predictions"}]}."""
+  "metrics", "predictions", "support"}]}."""
   names = list(trials[0]["metrics"])
   values = {n: [t["metrics"][n] for t in trials] for n in names}
   return {"metrics": {n: float(np.mean(v)) for n, v in values.items()},

@@ -32,6 +32,10 @@ def test_compare_openflamingo_smoke(tmp_path):
   assert shots["greedy_tokens_equal"] == shots["beam_sequences_equal"] == 1.0
   assert shots["beam_scores_max_abs_diff"] < 1e-4
   assert shots["log_likelihoods_max_abs_diff"] < 1e-4
+  # The captioning evaluation: the same prompts, support and decoding, so the same captions.
+  evaluation = checks["eval_2"]
+  assert evaluation["captions_equal"] == 1.0
+  assert abs(evaluation["cider"]["flamingo_jax"] - evaluation["cider"]["open_flamingo"]) < 1e-6
 
   metrics = {(row["benchmark"].split(",")[0], row["metric"]) for row in summary["rows"]}
   assert metrics == {("train step", "examples/s"), ("train step", "tokens/s"),
@@ -40,7 +44,7 @@ def test_compare_openflamingo_smoke(tmp_path):
                      *((mode, metric) for mode in ("greedy", "beam 3") for metric in (
                          "first token s", "tokens/s after the first",
                          "new tokens/s end to end")),
-                     ("score 5 candidates", "s")}
+                     ("score 5 candidates", "s"), ("few-shot captioning eval", "queries/s")}
   # A rate after the first token divides by the difference of two timings, which for the tiny
   # model's few tokens is within noise (negative on a busy CPU); the rest are measured directly.
   assert all(row["flamingo_jax"] > 0 and row["open_flamingo"] > 0 for row in summary["rows"]

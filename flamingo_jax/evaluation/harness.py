@@ -245,8 +245,9 @@ class Evaluation:
   def run(self, shots: int, seed: int, done: Mapping[str, Any] = types.MappingProxyType({}),
           on_batch: Callable[[dict], None] = lambda predictions: None) -> dict:
     """{"metrics": {name: value} (on host 0; {} on the others), "predictions": {example id:
-    prediction}} with `shots` support examples per query, the query subset and the support
-    drawn with `seed`. Batches whose queries are all in `done` (host 0's) take their
+    prediction}, "support": {example id: the ids of the support examples its prompt showed, in
+    order}} with `shots` support examples per query, the query subset and the support drawn
+    with `seed`. Batches whose queries are all in `done` (host 0's) take their
     predictions from it; `on_batch` gets each computed batch's predictions."""
     settings, benchmark = self.settings, self.benchmark
     rng = np.random.default_rng(seed)
@@ -284,16 +285,18 @@ class Evaluation:
         predictions.update(computed)
         on_batch(computed)
         progress.update(len(batch))
+    shown = {q.id: [support[i].id for i in row] for q, row in zip(queries, chosen)}
     if jax.process_index() != 0:
-      return {"metrics": {}, "predictions": predictions}
+      return {"metrics": {}, "predictions": predictions, "support": shown}
     metric = (functools.partial(benchmark.metric, rule=settings.vqa_rule)
               if benchmark.task == "vqa" else benchmark.metric)
-    return {"metrics": metric(predictions, queries), "predictions": predictions}
+    return {"metrics": metric(predictions, queries), "predictions": predictions,
+            "support": shown}
 
 
 def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
              name: str, data_dir: str, shots: int, settings: Settings = Settings()) -> dict:
-  """{"metrics": {name: value}, "predictions": {example id: prediction}} of benchmark `name`
-  with `shots` support examples per query, drawn with `settings.seed`: one `Evaluation` run."""
+  """`Evaluation.run`'s results for benchmark `name` with `shots` support examples per query,
+  drawn with `settings.seed`."""
   return Evaluation(model, params, config, vocabulary, name, data_dir, settings).run(
       shots, settings.seed)
