@@ -2,6 +2,8 @@
 same predictions and scores as encoding every prompt's media anew), RICES features kept on
 disk, and a run interrupted after a batch resuming to the uninterrupted run's predictions."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -18,8 +20,14 @@ SETTINGS = harness.Settings(batch_size=2, max_new_tokens=3, beam_size=2)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   root = tmp_path_factory.mktemp("benchmarks")
-  for name in ("coco", "hateful_memes"):
+  for name in ("coco", "hateful_memes", "okvqa"):
     write_benchmark(name, root / name)
+  # One support answer 30 bytes longer than the others: prompts that show it and prompts that
+  # do not differ by more than a length bucket.
+  path = root / "okvqa" / "mscoco_train2014_annotations.json"
+  annotations = json.loads(path.read_text())
+  annotations["annotations"][0]["answers"] = [{"answer": "red" + " and more" * 3}] * 10
+  path.write_text(json.dumps(annotations))
   return root
 
 
@@ -104,6 +112,27 @@ def test_rices_features_are_kept_on_disk_for_the_same_tower(tmp_path, data, setu
   # Another tower's features are not taken for this one's.
   other = dict(params, vision_encoder=jax.tree.map(lambda x: 2 * x, params["vision_encoder"]))
   assert rices.tower_fingerprint(other) != rices.tower_fingerprint(params)
+
+
+def test_one_shape_serves_a_run(data, setup, tiny_config, monkeypatch):
+  """Prompts of different lengths, and a short last batch: every batch the same shape, so the
+  decoder compiles once a run."""
+  model, params, vocabulary = setup
+  shapes, real = [], harness.generation.generate_answers
+
+  def recording(model, params, visual, tokens, positions, **kwargs):
+    shapes.append((visual.shape, tokens.shape))
+    return real(model, params, visual, tokens, positions, **kwargs)
+  monkeypatch.setattr(harness.generation, "generate_answers", recording)
+  evaluation = harness.Evaluation(model, params, tiny_config, vocabulary, "okvqa",
+                                  str(data / "okvqa"), SETTINGS)
+  run = evaluation.run(2, seed=4)  # The first batch's prompts do not show the long answer.
+  support = {e.id: e for e in evaluation.support}
+  lengths = {len(evaluation.prompt(q, [support[i] for i in run["support"][q.id]], False))
+             for q in evaluation.queries}
+  assert max(lengths) - min(lengths) > 16  # Batches of their own would have had two shapes.
+  assert len(run["predictions"]) == 3 and len(shapes) == 2 and len(set(shapes)) == 1
+  assert shapes[0][1] == (2, harness.bucket(max(lengths)))
 
 
 def test_an_interrupted_run_resumes_to_the_same_predictions(data, setup, tiny_config):

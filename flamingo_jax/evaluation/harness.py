@@ -106,7 +106,7 @@ def support_answer(classes, example: Example) -> str:
 
 
 def bucket(length: int, multiple: int = 16) -> int:
-  """Prompt lengths round up to a multiple, so that few shapes compile."""
+  """A run's prompt length, rounded up to a multiple (shapes the hardware tiles well)."""
   return -(-length // multiple) * multiple
 
 
@@ -223,22 +223,21 @@ class Evaluation:
         self.support_features = compute()
     return self.support_features
 
-  def inputs(self, batch: list[Example], support: list[Example], rows: np.ndarray,
-             order: tuple, text_only: bool):
-    """Global arrays of the batch's prompts, each query's shots in `order`: visual tokens
-    [B, M, R, D] (this host's rows, from the media cache) and left-padded tokens and positions
-    int32 [B, L] (every host builds all prompts, so all agree on L)."""
-    shown = [[support[indices[k]] for k in order] for indices in rows]
-    prompt_list = [prompts.prompt_tokens(
-        self.format, [(s.question, support_answer(self.classes, s)) for s in shots],
+  def prompt(self, query: Example, shown: list[Example], text_only: bool) -> list[int]:
+    """The prompt's tokens: the support examples `shown`, then the query."""
+    return prompts.prompt_tokens(
+        self.format, [(s.question, support_answer(self.classes, s)) for s in shown],
         query.question, self.vocabulary, text_only_support=text_only)
-        for query, shots in zip(batch, shown)]
-    tokens, positions = left_pad(prompt_list, length=bucket(max(map(len, prompt_list))))
-    media = [([] if text_only else shown[row]) + [batch[row]] for row in self.batch.rows]
-    keys = [[tuple(e.image_paths) for e in row] for row in media]
-    by_key = {tuple(e.image_paths): e for row in media for e in row}
-    visual = self.media.tokens(keys, lambda missing: self.encode_media(
-        [by_key[k] for k in missing]))
+
+  def inputs(self, prompt_list: list[list[int]], media: list[list[Example]], length: int):
+    """A batch's prompts [B] and each one's media [B][M] -> global arrays: visual tokens
+    [B, M, R, D] (this host's rows, from the media cache) and tokens and positions int32
+    [B, length], left-padded."""
+    tokens, positions = left_pad(prompt_list, length=length)
+    local = [media[row] for row in self.batch.rows]
+    by_key = {tuple(e.image_paths): e for row in local for e in row}
+    visual = self.media.tokens([[tuple(e.image_paths) for e in row] for row in local],
+                               lambda missing: self.encode_media([by_key[k] for k in missing]))
     return (self.batch.put(visual), self.batch.put(tokens[self.batch.rows]),
             self.batch.put(positions[self.batch.rows]))
 
@@ -262,25 +261,32 @@ class Evaluation:
     orders = shot_orders(chosen.shape[1], settings.permutations if close_ended else 1, rng)
     finished = multihost_utils.broadcast_one_to_all(
         np.array([q.id in done for q in queries] + [False]))[:-1]
+    # Whole batches (the last repeats its last query) of prompts all padded to the run's
+    # longest: one shape, so one compilation serves the run.
     size, predictions = self.batch.size, {}
+    rows = np.minimum(np.arange(-(-len(queries) // size) * size), len(queries) - 1)
+    text_only = shots == 0
+    media, prompt_lists = [], []
+    for order in orders:
+      shown = [[support[chosen[q][k]] for k in order] for q in rows]
+      media.append([([] if text_only else s) + [queries[q]] for q, s in zip(rows, shown)])
+      prompt_lists.append([self.prompt(queries[q], s, text_only) for q, s in zip(rows, shown)])
+    length = bucket(max(len(p) for prompt_list in prompt_lists for p in prompt_list))
     with tqdm.tqdm(total=len(queries), desc=f"{self.name} {shots}-shot", unit="query",
                    leave=False, dynamic_ncols=True,
                    disable=jax.process_index() != 0) as progress:
       for start in range(0, len(queries), size):
-        batch, rows = queries[start:start + size], chosen[start:start + size]
-        if finished[start:start + size].all():
+        batch, part = queries[start:start + size], slice(start, start + size)
+        if finished[part].all():
           predictions.update({q.id: done[q.id] for q in batch if q.id in done})
           progress.update(len(batch))
           continue
-        # A short last batch repeats its last query, so that every batch has one shape.
-        filled = batch + [batch[-1]] * (size - len(batch))
-        rows = np.concatenate([rows, rows[-1:].repeat(size - len(batch), axis=0)])
+        outputs = [self.predict(*self.inputs(p[part], m[part], length))
+                   for p, m in zip(prompt_lists, media)]
         if close_ended:
-          scores = np.mean([self.predict(*self.inputs(filled, support, rows, order, shots == 0))
-                            for order in orders], axis=0)
-          outputs = [benchmark.prediction(row) for row in scores]
+          outputs = [benchmark.prediction(row) for row in np.mean(outputs, axis=0)]
         else:
-          outputs = self.predict(*self.inputs(filled, support, rows, orders[0], shots == 0))
+          outputs = outputs[0]
         computed = {query.id: prediction for query, prediction in zip(batch, outputs)}
         predictions.update(computed)
         on_batch(computed)
