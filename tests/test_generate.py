@@ -1,6 +1,8 @@
 """The generate CLI's Flamingo mode, on the tiny config's random checkpoint (its GGUF mode, with
 SmolLM2: test_import_gguf.py)."""
 
+import sys
+
 from absl.testing import flagsaver
 import numpy as np
 from PIL import Image
@@ -11,6 +13,9 @@ import flamingo_jax
 from flamingo_jax import generate
 from flamingo_jax.flamingo.model import lm_config
 from flamingo_jax.lm.model import DecoderLM
+
+from multihost import run_processes
+from test_flamingo import open_gates
 
 
 def test_prompt_tokens_place_media_and_eoc():
@@ -56,3 +61,20 @@ def test_a_text_only_prompt_continues_as_the_frozen_lm_until_the_gates_open(
     assert visual.shape[1] == 0
     np.testing.assert_array_equal(
         generate.complete(flamingo, loaded, visual, tokens, 8, stop_token=-1), expected)
+
+
+@pytest.mark.slow
+def test_two_processes_generate_as_one(tmp_path, tiny_config, tiny_model):
+  """--multihost as 2 processes x 2 CPU devices, the parameters split fsdp x tensor across
+  them: host 0 prints what 1 process x 4 devices prints, host 1 nothing."""
+  flamingo_jax.save(tmp_path / "ckpt", open_gates(tiny_model[1]), tiny_config)
+  path = str(tmp_path / "a.png")
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), np.uint8)).save(path)
+  argv = [sys.executable, "-m", "flamingo_jax.generate", f"--checkpoint={tmp_path / 'ckpt'}",
+          "--prompt=<image>Output: a cat.<EOC><image>Output:", f"--images={path},{path}",
+          "--max_new_tokens=8", "--mesh=1,2,2"]
+  # The last line: gloo's C++ prints its connections on the same stdout.
+  one, = run_processes(argv, num_processes=1, devices_per_process=4, timeout=300)
+  host0, host1 = run_processes(argv, num_processes=2, devices_per_process=2, timeout=300)
+  assert host0.stdout.splitlines()[-1] == one.stdout.splitlines()[-1]
+  assert all(line.startswith("[Gloo]") or "Gloo" in line for line in host1.stdout.splitlines())
