@@ -122,13 +122,50 @@ def test_hosts_read_disjoint_shards_that_cover_the_split():
   config = config_with(synthetic_pairs=dict(weight=1.0, batch_size=4, max_length=48,
                                             max_images=1))
   read = lambda shard: examples_of(mixtures.make_iterator(
-      config, shard_info=shard, split="validation", shuffle=False, repeat=False),
+      config, shards=[shard], split="validation", shuffle=False, repeat=False),
       "synthetic_pairs")
   whole = read(seqio.ShardInfo(0, 1))
   hosts = [read(seqio.ShardInfo(i, 2)) for i in range(2)]
   assert len(whole) == 24 and [len(h) for h in hosts] == [12, 12]
   assert not set(hosts[0]) & set(hosts[1])
   assert set(hosts[0]) | set(hosts[1]) == set(whole)
+
+
+def two_shards_config():
+  config = config_with(synthetic_interleaved=dict(weight=1.0, batch_size=4, max_length=64,
+                                                  max_images=3),
+                       synthetic_pairs=dict(weight=0.2, batch_size=4, max_length=24,
+                                            max_images=1))
+  config.data.num_shards = 2
+  return config
+
+
+def joined(parts):
+  """The steps of processes reading a shard each -> the step of the global batch."""
+  return jax.tree.map(lambda *rows: np.concatenate(rows) if np.ndim(rows[0]) else rows[0],
+                      *parts)
+
+
+def test_the_batches_of_fixed_shards_are_the_same_however_many_processes_read_them(tmp_path):
+  config = two_shards_config()
+  both = mixtures.make_iterator(config)  # One process reads both shards.
+  assert both.shards == [seqio.ShardInfo(0, 2), seqio.ShardInfo(1, 2)]
+  each = [mixtures.make_iterator(config, shards=[shard]) for shard in both.shards]
+  assert_steps_equal(steps(both, 2), [joined(s) for s in zip(*(steps(i, 2) for i in each))])
+  # The position one process saved resumes in two, each at its own shard's.
+  both.save(str(tmp_path))
+  expected = steps(both, 2)
+  each = [mixtures.make_iterator(config, shards=[shard]) for shard in both.shards]
+  for iterator in each:
+    iterator.restore(str(tmp_path))
+  assert_steps_equal([joined(s) for s in zip(*(steps(i, 2) for i in each))], expected)
+
+
+def test_a_position_resumes_only_on_the_shards_it_was_saved_with(tmp_path):
+  mixtures.make_iterator(config_with()).save(str(tmp_path))  # One shard: this process.
+  with pytest.raises(ValueError, match=r"no position of data shard 0 of 2, only "
+                     r"\['data-00000-of-00001'\]: resume with the data.num_shards"):
+    mixtures.make_iterator(two_shards_config()).restore(str(tmp_path))
 
 
 def test_images_are_normalised_with_the_towers_mean_and_std():

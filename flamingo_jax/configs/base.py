@@ -173,6 +173,10 @@ def paper_data() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       vocabulary="", strategy="accumulate", seed=0, split="train", task_modules=(),
       synthetic=None,
+      # Shards the batches are read in (data/mixtures.py), 0: one per process. A fixed number (a
+      # multiple of the host count) keeps the batches, and a checkpoint's data position, the
+      # same on any number of hosts.
+      num_shards=0,
       tasks={
           "m3w": dict(weight=1.0, batch_size=256, max_length=256, max_images=5),
           "align": dict(weight=0.2, batch_size=512, max_length=32, max_images=1),

@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=VOCAB_SIZE, num_examples=2000))
   config.data = ml_collections.ConfigDict(dict(
       vocabulary="", strategy="accumulate", seed=0, split="train", task_modules=(),
+      num_shards=0,  # Shards the batches are read in (mixtures.py); 0: one per process.
       # Binding episodes name their kinds' colours ("This is a red dax."): a miniature LM
       # binds words to what only images show no better than chance (data.synthetic
       # .binding_example says why); configs/demo_smollm2.py keeps Frozen's pure form. The

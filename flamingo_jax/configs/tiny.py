@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
       strategy="accumulate",
       seed=0,
       split="train",
+      num_shards=0,  # Shards the batches are read in (mixtures.py); 0: one per process.
       task_modules=(),
       synthetic=dict(seed=0, split_sizes={"train": 100_000, "validation": 1_000},
                      shuffle_buffer_size=64),

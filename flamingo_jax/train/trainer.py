@@ -71,8 +71,8 @@ def gate_values(train_params) -> dict[str, float]:
 
 
 def step_tokens(batches: dict) -> int:
-  """Tokens in one step, all hosts together."""
-  return sum(int(np.prod(b["tokens"].shape)) for b in batches.values()) * jax.process_count()
+  """Tokens in one step, all hosts together: `batches` are the global arrays."""
+  return sum(int(np.prod(b["tokens"].shape)) for b in batches.values())
 
 
 class Trainer:
