@@ -261,28 +261,32 @@ class Evaluation:
     orders = shot_orders(chosen.shape[1], settings.permutations if close_ended else 1, rng)
     finished = multihost_utils.broadcast_one_to_all(
         np.array([q.id in done for q in queries] + [False]))[:-1]
-    # Whole batches (the last repeats its last query) of prompts all padded to the run's
-    # longest: one shape, so one compilation serves the run.
-    size, predictions = self.batch.size, {}
-    rows = np.minimum(np.arange(-(-len(queries) // size) * size), len(queries) - 1)
     text_only = shots == 0
-    media, prompt_lists = [], []
-    for order in orders:
+
+    def batch_inputs(rows: np.ndarray, order: tuple, length: int):
+      """The queries `rows`' prompts (their shots in `order`), padded to `length`, and media."""
       shown = [[support[chosen[q][k]] for k in order] for q in rows]
-      media.append([([] if text_only else s) + [queries[q]] for q, s in zip(rows, shown)])
-      prompt_lists.append([self.prompt(queries[q], s, text_only) for q, s in zip(rows, shown)])
-    length = bucket(max(len(p) for prompt_list in prompt_lists for p in prompt_list))
+      return self.inputs([self.prompt(queries[q], s, text_only) for q, s in zip(rows, shown)],
+                         [([] if text_only else s) + [queries[q]] for q, s in zip(rows, shown)],
+                         length)
+    # Prompts all padded to the run's longest, and whole batches (the last repeats its last
+    # query): one shape, so one compilation serves the run. Only the lengths are kept here; a
+    # batch builds its prompts again (a run's prompts in every order can be gigabytes).
+    length = bucket(max(
+        len(self.prompt(query, [support[chosen[q][k]] for k in order], text_only))
+        for order in orders for q, query in enumerate(queries)))
+    size, predictions = self.batch.size, {}
     with tqdm.tqdm(total=len(queries), desc=f"{self.name} {shots}-shot", unit="query",
                    leave=False, dynamic_ncols=True,
                    disable=jax.process_index() != 0) as progress:
       for start in range(0, len(queries), size):
-        batch, part = queries[start:start + size], slice(start, start + size)
-        if finished[part].all():
+        batch = queries[start:start + size]
+        if finished[start:start + size].all():
           predictions.update({q.id: done[q.id] for q in batch if q.id in done})
           progress.update(len(batch))
           continue
-        outputs = [self.predict(*self.inputs(p[part], m[part], length))
-                   for p, m in zip(prompt_lists, media)]
+        rows = np.minimum(np.arange(start, start + size), len(queries) - 1)
+        outputs = [self.predict(*batch_inputs(rows, order, length)) for order in orders]
         if close_ended:
           outputs = [benchmark.prediction(row) for row in np.mean(outputs, axis=0)]
         else:
@@ -291,13 +295,13 @@ class Evaluation:
         predictions.update(computed)
         on_batch(computed)
         progress.update(len(batch))
-    shown = {q.id: [support[i].id for i in row] for q, row in zip(queries, chosen)}
+    support_ids = {q.id: [support[i].id for i in row] for q, row in zip(queries, chosen)}
     if jax.process_index() != 0:
-      return {"metrics": {}, "predictions": predictions, "support": shown}
+      return {"metrics": {}, "predictions": predictions, "support": support_ids}
     metric = (functools.partial(benchmark.metric, rule=settings.vqa_rule)
               if benchmark.task == "vqa" else benchmark.metric)
     return {"metrics": metric(predictions, queries), "predictions": predictions,
-            "support": shown}
+            "support": support_ids}
 
 
 def evaluate(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
