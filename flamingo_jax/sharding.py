@@ -48,11 +48,11 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   return Mesh(grid, MESH_AXES)
 
 
-def command_line_mesh(config: ml_collections.ConfigDict, sizes=()) -> Mesh:
-  """The mesh of `config.mesh` over all devices, its (data, fsdp, tensor) sizes first replaced by
-  `sizes` (a CLI's --mesh), which `config.mesh` then records."""
+def command_line_mesh(config: ml_collections.ConfigDict, sizes=(), devices=None) -> Mesh:
+  """The mesh of `config.mesh` over `devices` (default: all of them), its (data, fsdp, tensor)
+  sizes first replaced by `sizes` (a CLI's --mesh), which `config.mesh` then records."""
   config.mesh.update(dict(zip(MESH_AXES, map(int, sizes))))
-  return make_mesh(config.mesh)
+  return make_mesh(config.mesh, devices)
 
 
 def one_device_mesh() -> Mesh:

@@ -51,28 +51,32 @@ def restore_unscanned(directory, abstract):
     return checkpointer.restore(pathlib.Path(directory).resolve() / PARAMS_DIR, abstract)
 
 
-def restore(directory, config: ml_collections.ConfigDict, mesh: Mesh,
-            frozen_dtype: str | None = None):
-  """The parameters of a `save` directory in the layout of `config`, every tensor placed on
-  `mesh` by its logical axes (`config.partitioning.rules`, as training places them) and read by
-  orbax straight into its shards, on every host its own; the frozen ones
-  (`config.model.trainable`) in `frozen_dtype` (default: `config.model.param_dtype`)."""
-  axis_rules = sharding.rules(config)
-  flat = unscanned(config)
-  abstract, axes = abstract_params_and_axes(build_model(flat), flat)
+def placement(config: ml_collections.ConfigDict, mesh: Mesh, frozen_dtype: str | None = None):
+  """The parameters of `config` (in its layout) as ShapeDtypeStructs, nothing allocated: each
+  placed on `mesh` by its logical axes (`config.partitioning.rules`, as training places them),
+  the frozen ones (`config.model.trainable`) in `frozen_dtype` (default:
+  `config.model.param_dtype`)."""
+  abstract, axes = abstract_params_and_axes(build_model(config), config)
   frozen_dtype = jnp.dtype(frozen_dtype or config.model.param_dtype)
 
   def placed(path, x, place):
     trainable = is_trainable("/".join(k.key for k in path), config.model.trainable)
     return jax.ShapeDtypeStruct(x.shape, x.dtype if trainable else frozen_dtype, sharding=place)
-  params = restore_unscanned(directory, jax.tree_util.tree_map_with_path(
-      placed, abstract, sharding.shardings(axes, abstract, mesh, axis_rules)))
+  return jax.tree_util.tree_map_with_path(
+      placed, abstract, sharding.shardings(axes, abstract, mesh, sharding.rules(config)))
+
+
+def restore(directory, config: ml_collections.ConfigDict, mesh: Mesh,
+            frozen_dtype: str | None = None):
+  """The parameters of a `save` directory in the layout of `config`, placed as `placement`
+  says and read by orbax straight into their shards, on every host its own."""
+  params = restore_unscanned(directory, placement(unscanned(config), mesh, frozen_dtype))
   if not config.model.scan_layers:
     return params
   # Stored unscanned: stacked on the devices, into the scanned layout's shardings.
-  scanned, scanned_axes = abstract_params_and_axes(build_model(config), config)
+  scanned = placement(config, mesh, frozen_dtype)
   return jax.jit(functools.partial(stack_layers, model_config=config.model),
-                 out_shardings=sharding.shardings(scanned_axes, scanned, mesh, axis_rules))(params)
+                 out_shardings=jax.tree.map(lambda x: x.sharding, scanned))(params)
 
 
 def load(directory, config: ml_collections.ConfigDict | None = None, mesh: Mesh | None = None,

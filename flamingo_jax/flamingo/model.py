@@ -151,6 +151,15 @@ class FlamingoDecodeState:
                                media=self.media if keep_media else self.media.take(indices),
                                media_count=rows(0)(self.media_count))
 
+  def logical_axes(self):
+    """The state's logical axes (flamingo_jax.sharding places it by them as it places the
+    parameters), a like tree of PartitionSpecs, told apart by rank: keys and values
+    [(layers,) batch, length, heads, kv], key positions [batch, length], media counts [batch],
+    the cache index []."""
+    kv = ("batch", "length", "heads", "kv")
+    names = {0: (), 1: ("batch",), 2: ("batch", "length"), 4: kv, 5: ("layers", *kv)}
+    return jax.tree.map(lambda x: jax.sharding.PartitionSpec(*names[x.ndim]), self)
+
 
 class FlamingoUnit(nn.Module):
   """One gated block, then `xattn.every` LM blocks: the body of the layer scan, with a method

@@ -9,7 +9,6 @@ the compile time. Nothing is allocated: parameters, state and batches are abstra
 shardings training would give them. Needs `pip install "jax[tpu]"` at the installed jax version.
 """
 
-import os
 import time
 
 from flamingo_jax import console  # pylint: disable=g-bad-import-order
@@ -18,25 +17,18 @@ if __name__ == "__main__":
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
-from jax.experimental import topologies
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
 from flamingo_jax.flamingo import trainable as trainable_lib
 from flamingo_jax import sharding
+from flamingo_jax.train import pod
 from flamingo_jax.train import trainer as trainer_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("topology", "v5p:8x8x8", "TPU topology name, e.g. v5p:8x8x8, v4:4x4x4.")
-
-# Compiling needs no TPU, so libtpu's one-process-per-host lock would only stop a second check
-# (or a test) running beside the first.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-
-HBM_BYTES = {"TPU v4": 32 << 30, "TPU v5": 95 << 30, "TPU v5p": 95 << 30,
-             "TPU v5 lite": 16 << 30, "TPU v6 lite": 32 << 30}
 
 
 def abstract_batches(config: ml_collections.ConfigDict, trainer) -> dict:
@@ -72,25 +64,18 @@ def compile_step(config: ml_collections.ConfigDict, devices):
 
 
 def report(config: ml_collections.ConfigDict, topology: str) -> str:
-  devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+  devices = pod.devices(topology)
   trainer, compiled, flops, seconds = compile_step(config, devices)
-  memory = compiled.memory_analysis()
-  per_chip = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-              - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   kind = devices[0].device_kind
-  hbm = HBM_BYTES.get(kind)
   params = sum(x.size for x in jax.tree.leaves(trainer.abstract_params))
   tokens = sum(t.batch_size * t.max_length for t in config.data.tasks.values())
-  gib = lambda b: f"{b / 2**30:.2f} GiB"
   lines = [
       f"topology {topology}: {len(devices)} x {kind}",
       f"mesh {dict(trainer.mesh.shape)}",
       f"parameters {params / 1e9:.2f}B; one step: {len(config.data.tasks)} batches, "
       f"{tokens} tokens, microbatches {config.train.microbatches}",
       f"compiled in {seconds:.0f} s",
-      f"per chip: arguments {gib(memory.argument_size_in_bytes)}, temporaries "
-      f"{gib(memory.temp_size_in_bytes)}, total {gib(per_chip)}"
-      + (f" of {gib(hbm)} HBM ({per_chip / hbm:.0%})" if hbm else ""),
+      f"per chip: {pod.memory(compiled, kind)}",
       f"model FLOPs per step per chip {flops:.3e} (matmuls and convolutions, no remat)",
   ]
   return "\n".join(lines)
