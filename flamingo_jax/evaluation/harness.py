@@ -111,15 +111,16 @@ def bucket(length: int, multiple: int = 16) -> int:
 
 
 def select_support(settings: Settings, shots: int, queries: list[Example], support: list[Example],
-                   features, rng: np.random.Generator, episodic: bool = False) -> np.ndarray:
+                   rices_features, rng: np.random.Generator, episodic: bool = False) -> np.ndarray:
   """Support indices [Q, n]: zero shots take two random text-only examples (for an episodic
-  benchmark, from any episode: their words say nothing about the query's)."""
+  benchmark, from any episode: their words say nothing about the query's). `rices_features()`
+  -> the queries' and the support's RICES features ([Q, C], [N, C]), asked for only by RICES."""
   if shots == 0:
     return rices.random_support(len(queries), len(support), prompts.ZERO_SHOT_TEXT_EXAMPLES, rng)
   if episodic:
     return binding.episode_support(queries, shots)
   if settings.selection == "rices":
-    return rices.rices(features(queries), features(support), shots)
+    return rices.rices(*rices_features(), shots)
   if settings.selection != "random":
     raise ValueError(f"Unknown support selection {settings.selection!r}: random or rices.")
   return rices.random_support(len(queries), len(support), shots, rng)
@@ -182,7 +183,7 @@ class Evaluation:
     self.blank = np.zeros_like(self.load(self.queries[0]))[None]  # [1, T, S, S, 3]
     self.predict = evaluator(model, params, config, vocabulary, benchmark, self.format,
                              self.classes, settings, self.batch)
-    self.support_features = None
+    self.stored_support_features = None
 
   def load(self, example: Example) -> np.ndarray:
     """float32 [T, S, S, 3]: a clip's frames, or the image."""
@@ -207,21 +208,19 @@ class Evaluation:
         lambda images: rices.pooled_features(self.model, self.params, images), examples,
         lambda e: self.loader.image(e.image_paths[0]))
 
-  def rices_features(self, examples: list[Example]) -> np.ndarray:
-    """`features`; the support split's (which `select_support` passes as it is) computed once
-    a run (and kept in `features_dir` for later runs)."""
-    if examples is not self.support:
-      return self.features(examples)
-    if self.support_features is None:
-      compute = lambda: self.features(examples)
+  def support_features(self) -> np.ndarray:
+    """The support split's RICES features [N, C], computed once an evaluation (and kept in
+    `features_dir` for later runs)."""
+    if self.stored_support_features is None:
+      compute = lambda: self.features(self.support)
       if self.settings.features_dir:
         path = (pathlib.Path(self.settings.features_dir)
                 / f"{self.name}_{self.benchmark.support_split}.npz")
-        self.support_features = rices.stored_features(
-            path, [e.id for e in examples], rices.tower_fingerprint(self.params), compute)
+        self.stored_support_features = rices.stored_features(
+            path, [e.id for e in self.support], rices.tower_fingerprint(self.params), compute)
       else:
-        self.support_features = compute()
-    return self.support_features
+        self.stored_support_features = compute()
+    return self.stored_support_features
 
   def prompt(self, query: Example, shown: list[Example], text_only: bool) -> list[int]:
     """The prompt's tokens: the support examples `shown`, then the query."""
@@ -255,7 +254,8 @@ class Evaluation:
       queries = [queries[i] for i in sorted(rng.choice(len(queries), settings.num_samples,
                                                        replace=False))]
     support = binding.episode_pool(queries) if self.episodic else self.support
-    chosen = select_support(settings, shots, queries, support, self.rices_features, rng,
+    chosen = select_support(settings, shots, queries, support,
+                            lambda: (self.features(queries), self.support_features()), rng,
                             self.episodic)
     close_ended = benchmark.task == "classification"
     orders = shot_orders(chosen.shape[1], settings.permutations if close_ended else 1, rng)
