@@ -2,6 +2,7 @@
 format, imported and compared logit by logit; sharded placement on the 8-device CPU mesh;
 errors and the report."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -17,6 +18,7 @@ import tokenizers
 from flamingo_jax.configs import base
 from flamingo_jax.checkpoints import engine, hf_lm
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
+from flamingo_jax.layers import attention
 from flamingo_jax.lm.model import DecodeState, DecoderLM, LMConfig
 from flamingo_jax import sharding
 
@@ -34,8 +36,17 @@ FAMILIES = {
     "llama_tied_bias": ("LlamaConfig", "LlamaForCausalLM",  # Tied head; optional biases.
                         dict(SMALL, tie_word_embeddings=True, attention_bias=True,
                              mlp_bias=True)),
+    "llama3_rope": ("LlamaConfig", "LlamaForCausalLM",  # LLaMA 3.1's RoPE scaling: with
+                    dict(SMALL, rope_parameters=dict(   # head_dim 16, wavelengths in all 3 bands.
+                        rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                        high_freq_factor=4.0, original_max_position_embeddings=64))),
+    "llama_linear_rope": ("LlamaConfig", "LlamaForCausalLM",
+                          dict(SMALL, rope_parameters=dict(rope_type="linear",
+                                                           rope_theta=10000.0, factor=4.0))),
     "mistral": ("MistralConfig", "MistralForCausalLM",
                 dict(SMALL, num_key_value_heads=1, head_dim=24, sliding_window=None)),
+    "mistral_window": ("MistralConfig", "MistralForCausalLM",  # 4 of the 16 tokens tested.
+                       dict(SMALL, num_key_value_heads=2, sliding_window=4)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(SMALL, num_key_value_heads=2)),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel",
              dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=32,
@@ -277,19 +288,49 @@ def test_legacy_config_keys():
               rotary_emb_base=20000, hidden_act="gelu")
   fields = hf_lm.lm_config_from_hf(neox)
   assert (fields["rope_fraction"], fields["rope_theta"]) == (0.25, 20000.0)
-  llama = dict(model_type="llama", **SMALL, rope_theta=5e5, rope_scaling=None)
+  llama = dict(model_type="llama", **SMALL, rope_theta=5e5, rope_scaling=None,
+               max_position_embeddings=131072)
   assert hf_lm.lm_config_from_hf(llama)["rope_theta"] == 5e5
-  with pytest.raises(ValueError, match="llama3"):
-    hf_lm.lm_config_from_hf(llama | dict(rope_scaling=dict(rope_type="llama3", factor=8.0)))
+  # Llama-3.1-8B's config.json as released (transformers 4.43).
+  llama31 = llama | dict(rope_scaling=dict(factor=8.0, low_freq_factor=1.0,
+                                           high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192,
+                                           rope_type="llama3"))
+  fields = hf_lm.lm_config_from_hf(llama31)
+  assert LMConfig.from_dict(fields).rope == attention.Rope(5e5, 1.0, "llama3", 8.0, 1.0, 4.0,
+                                                           8192)
+  with pytest.raises(ValueError, match="'yarn'"):
+    hf_lm.lm_config_from_hf(llama | dict(rope_scaling=dict(rope_type="yarn", factor=4.0)))
+  qwen2 = dict(model_type="qwen2", **SMALL, sliding_window=4096, use_sliding_window=False)
+  assert hf_lm.lm_config_from_hf(qwen2)["sliding_window"] == 0
   with pytest.raises(ValueError, match="'bert'"):
     hf_lm.lm_config_from_hf(dict(model_type="bert"))
 
 
-def test_alibi_decoding_with_cache_matches_full_forward():
-  """ALiBi reads key positions from the cache: token-by-token logits equal one full pass."""
+def test_llama3_frequencies_are_transformers():
+  """Each band of LLaMA 3.1's rescaled frequencies, as transformers computes them."""
+  model = reference_model("llama3_rope")
+  theirs = model.model.rotary_emb.inv_freq.numpy()
+  config = LMConfig.from_dict(hf_lm.lm_config_from_hf(model.config.to_dict()))
+  ours = config.rope.inverse_frequencies(config.dh)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+  plain = dataclasses.replace(config.rope, scaling="none").inverse_frequencies(config.dh)
+  assert ours[0] == plain[0] and ours[-1] == plain[-1] / 8  # Kept, divided,
+  assert plain[2] / 8 < ours[2] < plain[2]                  # and blended between.
+
+
+WINDOWED = dict(norm="rms", position="rope", num_kv_heads=2, sliding_window=3,
+                rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_max_length=16)
+ALIBI = dict(norm="layer", norm_bias=False, activation="gelu", gated_mlp=False,
+             position="alibi", clip_qkv=0.5, tie_embeddings=True)
+
+
+@pytest.mark.parametrize("fields", [ALIBI, WINDOWED], ids=["alibi", "sliding_window"])
+def test_decoding_with_cache_matches_full_forward(fields):
+  """ALiBi reads key positions from the cache, and a sliding window masks the slots it has
+  passed: token-by-token logits equal one full pass."""
   config = LMConfig(vocab_size=VOCAB, embed_dim=32, num_layers=2, num_heads=6, head_dim=8,
-                    mlp_dim=64, norm="layer", norm_bias=False, activation="gelu",
-                    gated_mlp=False, position="alibi", clip_qkv=0.5, tie_embeddings=True)
+                    mlp_dim=64, **fields)
   lm = DecoderLM(config)
   tokens = jnp.asarray(random_tokens(length=6))
   params = jax.jit(lm.init)(jax.random.key(1), tokens)["params"]

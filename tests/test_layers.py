@@ -26,19 +26,19 @@ def test_rotary_scores_depend_only_on_distance():
   q = jax.random.normal(jax.random.key(0), (1, 1, 1, 16))
   k = jax.random.normal(jax.random.key(1), (1, 1, 1, 16))
   def score(pq, pk):
-    rq = attention.rotary_embedding(q, jnp.array([[pq]]), 10000.0)
-    rk = attention.rotary_embedding(k, jnp.array([[pk]]), 10000.0)
+    rq = attention.rotary_embedding(q, jnp.array([[pq]]), attention.Rope())
+    rk = attention.rotary_embedding(k, jnp.array([[pk]]), attention.Rope())
     return float(jnp.sum(rq * rk))
   assert score(7, 3) == pytest.approx(score(104, 100), abs=1e-4)
   assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
   # Rotation preserves the norm.
-  rq = attention.rotary_embedding(q, jnp.array([[12]]), 10000.0)
+  rq = attention.rotary_embedding(q, jnp.array([[12]]), attention.Rope())
   np.testing.assert_allclose(jnp.linalg.norm(rq), jnp.linalg.norm(q), rtol=1e-6)
 
 
 def test_partial_rotary_leaves_the_tail_of_each_head_alone():
   x = jax.random.normal(jax.random.key(0), (1, 3, 2, 8))
-  out = attention.rotary_embedding(x, jnp.arange(3)[None], 10000.0, fraction=0.5)
+  out = attention.rotary_embedding(x, jnp.arange(3)[None], attention.Rope(fraction=0.5))
   np.testing.assert_array_equal(out[..., 4:], x[..., 4:])
   assert not np.allclose(out[:, 1:, :, :4], x[:, 1:, :, :4])
 

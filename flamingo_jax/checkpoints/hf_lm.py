@@ -48,21 +48,32 @@ def _activation(name: str) -> str:
 
 
 def _rope(hf: dict, default_fraction: float = 1.0) -> dict:
-  """rope_theta and rope_fraction from transformers >= 5 `rope_parameters` or the older
-  top-level keys (`rope_theta`, `rope_scaling`, NeoX's `rotary_emb_base` and `rotary_pct`)."""
+  """RoPE's LMConfig fields from transformers >= 5 `rope_parameters` or the older top-level
+  keys (`rope_theta`, `rope_scaling`, NeoX's `rotary_emb_base` and `rotary_pct`); the scalings
+  `Rope` knows ("linear", "llama3"), others refused."""
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   kind = rope.get("rope_type", rope.get("type", "default"))
-  if kind != "default":
-    raise ValueError(f"RoPE scaling {kind!r} is not supported; only plain rotary embeddings are.")
-  return dict(
+  fields = dict(
       rope_theta=float(rope.get("rope_theta", hf.get("rope_theta",
                                                      hf.get("rotary_emb_base", 10000.0)))),
       rope_fraction=float(rope.get("partial_rotary_factor", hf.get(
           "partial_rotary_factor", hf.get("rotary_pct", default_fraction)))))
+  if kind == "default":
+    return fields
+  if kind not in ("linear", "llama3"):
+    raise ValueError(f"RoPE scaling {kind!r} is not supported; plain, linear and llama3 are.")
+  fields |= dict(rope_scaling=kind, rope_scaling_factor=float(rope["factor"]))
+  if kind == "llama3":
+    fields |= dict(
+        rope_low_freq_factor=float(rope["low_freq_factor"]),
+        rope_high_freq_factor=float(rope["high_freq_factor"]),
+        rope_original_max_length=int(rope.get("original_max_position_embeddings")
+                                     or hf["max_position_embeddings"]))
+  return fields
 
 
 def _llama_config(hf: dict) -> dict:
-  """Mistral's sliding window is not reproduced: exact for sequences up to its length."""
+  """LLaMA, Mistral (its sliding window included) and Qwen2 (without one)."""
   if hf.get("use_sliding_window"):
     raise ValueError("Qwen2 sliding-window attention (use_sliding_window) is not supported.")
   heads, bias = hf["num_attention_heads"], hf.get("attention_bias", False)
@@ -76,6 +87,7 @@ def _llama_config(hf: dict) -> dict:
       mlp_bias=hf.get("mlp_bias", False),
       qkv_bias=bias or hf["model_type"] == "qwen2",  # Qwen2: biases on q, k, v only.
       out_bias=bias, position="rope", **_rope(hf),
+      sliding_window=(hf.get("sliding_window") or 0) if hf["model_type"] == "mistral" else 0,
       tie_embeddings=hf.get("tie_word_embeddings", False))
 
 

@@ -6,17 +6,22 @@ Shapes: B batch, Lq / Lk query / key length, H query heads, K key/value heads (H
 Dh head width.
 """
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flamingo_jax.layers.linear import flat_matmul
+from flamingo_jax.layers.norms import make_norm
 
 NEG_INF = -1e30  # Finite, so an all-masked row gives a uniform softmax rather than NaN.
 POSITIONS = ("none", "rope", "alibi", "relative")
+QK_NORMS = ("none", "layer", "rms")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 
 
 @flax.struct.dataclass
@@ -32,17 +37,57 @@ class KVCache:
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
-def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float,
-                     fraction: float = 1.0) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Rope:
+  """Rotary position embedding settings: base `theta`, the `fraction` of each head rotated
+  (GPT-NeoX's rotary_pct), and how the frequencies are rescaled for longer contexts:
+
+  "none": theta^(-2i/d), as trained;
+  "linear": every frequency divided by `factor` (position interpolation);
+  "llama3": LLaMA 3.1+, following transformers' `_compute_llama3_parameters` (5.x): wavelengths
+    under original_max_length / high_freq_factor kept, those over original_max_length /
+    low_freq_factor divided by `factor`, and a linear blend of the two in between.
+  """
+  theta: float = 10000.0
+  fraction: float = 1.0
+  scaling: str = "none"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_length: int = 8192
+
+  def __post_init__(self):
+    if self.scaling not in ROPE_SCALINGS:
+      raise ValueError(f"Unknown RoPE scaling {self.scaling!r}; choose from {ROPE_SCALINGS}.")
+
+  def inverse_frequencies(self, rotated: int) -> np.ndarray:
+    """float32 [rotated // 2], the angle per position of each rotated pair."""
+    exponents = np.arange(0, rotated, 2, dtype=np.float32) / np.float32(rotated)
+    inverse = np.float32(1.0) / np.float32(self.theta) ** exponents
+    if self.scaling == "linear":
+      return inverse / np.float32(self.factor)
+    if self.scaling == "none":
+      return inverse
+    wavelength = np.float32(2 * math.pi) / inverse
+    scaled = np.where(wavelength > self.original_max_length / self.low_freq_factor,
+                      inverse / np.float32(self.factor), inverse)
+    smooth = ((self.original_max_length / wavelength - self.low_freq_factor)
+              / (self.high_freq_factor - self.low_freq_factor))
+    blended = (1 - smooth) * scaled / self.factor + smooth * scaled
+    medium = ((wavelength >= self.original_max_length / self.high_freq_factor)
+              & (wavelength <= self.original_max_length / self.low_freq_factor))
+    return np.where(medium, blended, scaled).astype(np.float32)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, rope: Rope) -> jax.Array:
   """RoPE in the rotate-half layout (Hugging Face LLaMA / GPT-NeoX).
 
-  x: [B, L, H, Dh]; positions: [B, L]. Only the first `fraction` of each head is rotated.
+  x: [B, L, H, Dh]; positions: [B, L]. Only the first `rope.fraction` of each head is rotated.
   """
-  rot = int(x.shape[-1] * fraction)
+  rot = int(x.shape[-1] * rope.fraction)
   x_rot, x_pass = x[..., :rot], x[..., rot:]
-  inv_freq = theta ** (-jnp.arange(0, rot, 2, dtype=jnp.float32) / rot)
-  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, L, rot/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  angles = positions[..., None].astype(jnp.float32) * rope.inverse_frequencies(rot)
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, rot]
   first, second = jnp.split(x_rot, 2, axis=-1)
   rotated = jnp.concatenate([-second, first], axis=-1)
   out = x_rot.astype(jnp.float32) * jnp.cos(angles) + rotated.astype(jnp.float32) * jnp.sin(angles)
@@ -150,10 +195,13 @@ class MultiHeadAttention(nn.Module):
   `key_values(inputs_kv)`, then `attend_to(inputs_q, key_values, mask)`: cross-attention over
     inputs that do not change while decoding (Flamingo's media), projected once.
 
-  position: "none", "rope" (rotary on q and k), "alibi" (MPT: a per-head linear penalty on the
-  distance, `alibi_bias_max` setting the slopes) or "relative" (Transformer-XL, as in Gopher and
-  Chinchilla: learned content and position biases and a projection of sinusoids of the distance).
+  position: "none", "rope" (rotary on q and k, as `rope` sets), "alibi" (MPT: a per-head linear
+  penalty on the distance, `alibi_bias_max` setting the slopes) or "relative" (Transformer-XL,
+  as in Gopher and Chinchilla: learned content and position biases and a projection of
+  sinusoids of the distance).
   clip_qkv: clip the projected queries, keys and values to [-clip_qkv, clip_qkv] (MPT).
+  qk_norm: "layer" or "rms" normalises each head's projected query and key over its Dh
+  features (IDEFICS's `qk_layer_norms`), before any rotary embedding; "none" leaves them.
   """
   num_heads: int
   head_dim: int
@@ -161,10 +209,11 @@ class MultiHeadAttention(nn.Module):
   qkv_bias: bool = False
   out_bias: bool = False
   position: str = "none"
-  rope_theta: float = 10000.0
-  rope_fraction: float = 1.0
+  rope: Rope = Rope()
   alibi_bias_max: float = 8.0
   clip_qkv: float | None = None
+  qk_norm: str = "none"
+  qk_norm_eps: float = 1e-5
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -172,6 +221,12 @@ class MultiHeadAttention(nn.Module):
     if self.position not in POSITIONS:
       raise ValueError(f"Unknown attention position scheme {self.position!r}; choose from "
                        f"{POSITIONS}.")
+    if self.qk_norm not in QK_NORMS:
+      raise ValueError(f"Unknown q/k norm {self.qk_norm!r}; choose from {QK_NORMS}.")
+    if self.qk_norm != "none":
+      norm = lambda: make_norm(self.qk_norm, eps=self.qk_norm_eps, dtype=self.dtype,
+                               param_dtype=self.param_dtype, axis_name="kv")
+      self.query_norm, self.key_norm = norm(), norm()
     heads = lambda n, use_bias: Projection((n, self.head_dim), ("embed", "heads", "kv"), use_bias,
                                            self.dtype, self.param_dtype)
     kv_heads = self.num_kv_heads or self.num_heads
@@ -187,18 +242,26 @@ class MultiHeadAttention(nn.Module):
 
   def key_values(self, inputs_kv) -> KVCache:
     """inputs_kv [B, Lk, Dkv] -> their keys and values, KVCache [B, Lk, K, Dh] (no positions)."""
-    return KVCache(k=self._project(self.key, inputs_kv), v=self._project(self.value, inputs_kv))
+    k = self._project(self.key, inputs_kv)
+    if self.qk_norm != "none":
+      k = self.key_norm(k)
+    return KVCache(k=k, v=self._project(self.value, inputs_kv))
+
+  def queries(self, inputs_q):
+    """inputs_q [B, Lq, Dq] -> queries [B, Lq, H, Dh] (no positions)."""
+    q = self._project(self.query, inputs_q)
+    return self.query_norm(q) if self.qk_norm != "none" else q
 
   def __call__(self, inputs_q, inputs_kv, mask, q_positions=None, kv_positions=None):
     """inputs_q: [B, Lq, Dq]; inputs_kv: [B, Lk, Dkv]; mask: bool [B, 1|H, Lq, Lk];
     q_positions [B, Lq], kv_positions [B, Lk]: what the position schemes other than "none"
     read. Returns [B, Lq, Dq]."""
     kv = self.key_values(inputs_kv)
-    q = self._project(self.query, inputs_q)
+    q = self.queries(inputs_q)
     k = kv.k
     if self.position == "rope":
-      q = rotary_embedding(q, q_positions, self.rope_theta, self.rope_fraction)
-      k = rotary_embedding(k, kv_positions, self.rope_theta, self.rope_fraction)
+      q = rotary_embedding(q, q_positions, self.rope)
+      k = rotary_embedding(k, kv_positions, self.rope)
     q, bias = self._position_terms(q, q_positions, kv_positions, inputs_q.shape[-1])
     return self._attend(q, k, kv.v, mask, inputs_q.shape[-1], bias)
 
@@ -210,12 +273,12 @@ class MultiHeadAttention(nn.Module):
     slot's token, the new ones included. Returns (output [B, L, D], the updated cache).
     """
     kv = self.key_values(inputs)
-    q = self._project(self.query, inputs)
+    q = self.queries(inputs)
     k = kv.k
     if self.position == "rope":
       new_positions = jax.lax.dynamic_slice_in_dim(kv_positions, cache_index, k.shape[1], axis=1)
-      q = rotary_embedding(q, q_positions, self.rope_theta, self.rope_fraction)
-      k = rotary_embedding(k, new_positions, self.rope_theta, self.rope_fraction)
+      q = rotary_embedding(q, q_positions, self.rope)
+      k = rotary_embedding(k, new_positions, self.rope)
     cache = KVCache(
         k=jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1),
         v=jax.lax.dynamic_update_slice_in_dim(cache.v, kv.v.astype(cache.v.dtype), cache_index,
@@ -228,7 +291,7 @@ class MultiHeadAttention(nn.Module):
     `key_values` (KVCache [B, Lk, K, Dh]); mask: bool [B, 1|H, Lq, Lk] -> [B, Lq, Dq]."""
     if self.position != "none":
       raise ValueError("Projected keys and values are for position-free cross-attention.")
-    q = self._project(self.query, inputs_q)
+    q = self.queries(inputs_q)
     return self._attend(q, key_values.k, key_values.v, mask, inputs_q.shape[-1])
 
   def _project(self, projection, x):

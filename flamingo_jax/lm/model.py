@@ -21,7 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from flamingo_jax.layers.attention import KVCache, MultiHeadAttention
+from flamingo_jax.layers.attention import KVCache, MultiHeadAttention, Rope
 from flamingo_jax.layers.mlp import Mlp, dense
 from flamingo_jax.layers.norms import make_norm
 from flamingo_jax.layers.remat import remat
@@ -48,6 +48,12 @@ class LMConfig:
   position: str = "rope"             # "rope" | "learned" | "relative" | "alibi" | "none"
   rope_theta: float = 10000.0
   rope_fraction: float = 1.0         # GPT-NeoX rotary_pct.
+  rope_scaling: str = "none"         # "none" | "linear" | "llama3" (LLaMA 3.1+); see Rope.
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0  # llama3 only, as the next two.
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_length: int = 8192
+  sliding_window: int = 0            # Mistral: a token sees the last w tokens; 0: all before it.
   alibi_bias_max: float = 8.0        # MPT: sets the ALiBi slopes.
   clip_qkv: float | None = None      # MPT: clip q, k, v to [-clip_qkv, clip_qkv].
   max_length: int = 2048             # Learned position table size.
@@ -62,6 +68,12 @@ class LMConfig:
     if unknown:
       raise ValueError(f"Unknown LM config fields {sorted(unknown)}.")
     return cls(**d)
+
+  @property
+  def rope(self) -> Rope:
+    return Rope(self.rope_theta, self.rope_fraction, self.rope_scaling, self.rope_scaling_factor,
+                self.rope_low_freq_factor, self.rope_high_freq_factor,
+                self.rope_original_max_length)
 
   @property
   def kv_heads(self) -> int:
@@ -100,13 +112,18 @@ class DecodeState:
         index=jnp.zeros((), jnp.int32))
 
 
-def attention_mask(q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array:
-  """Causal mask over positions; negative key positions (empty or padding) are never seen.
+def attention_mask(q_positions: jax.Array, kv_positions: jax.Array,
+                   sliding_window: int = 0) -> jax.Array:
+  """Causal mask over positions; negative key positions (empty or padding) are never seen, nor,
+  with a `sliding_window` w > 0, keys w or more positions back (transformers' rule).
 
   q_positions: [B, Lq]; kv_positions: [B, S] -> bool [B, 1, Lq, S].
   """
-  kv = kv_positions[:, None, :]
-  return ((kv >= 0) & (kv <= q_positions[:, :, None]))[:, None]
+  kv, q = kv_positions[:, None, :], q_positions[:, :, None]
+  mask = (kv >= 0) & (kv <= q)
+  if sliding_window:
+    mask &= kv > q - sliding_window
+  return mask[:, None]
 
 
 class DecoderBlock(nn.Module):
@@ -125,7 +142,7 @@ class DecoderBlock(nn.Module):
         num_heads=c.num_heads, head_dim=c.dh, num_kv_heads=c.num_kv_heads,
         qkv_bias=c.qkv_bias, out_bias=c.out_bias,
         position=c.position if c.position in ("rope", "relative", "alibi") else "none",
-        rope_theta=c.rope_theta, rope_fraction=c.rope_fraction, alibi_bias_max=c.alibi_bias_max,
+        rope=c.rope, alibi_bias_max=c.alibi_bias_max,
         clip_qkv=c.clip_qkv, dtype=self.dtype, param_dtype=self.param_dtype)
     self.mlp_norm = norm()
     self.mlp = Mlp(c.mlp_dim, c.activation, c.gated_mlp, c.mlp_bias, self.dtype, self.param_dtype)
@@ -240,7 +257,7 @@ class DecoderLM(nn.Module):
     positions = default_positions(tokens) if positions is None else positions
     x = self.embed(tokens, positions)
     x = self.blocks(range(self.config.num_layers), x, positions,
-                    attention_mask(positions, positions))
+                    attention_mask(positions, positions, self.config.sliding_window))
     return self.head(x)
 
   def extend(self, tokens, positions, state: DecodeState, last_only: bool = False):
@@ -248,7 +265,7 @@ class DecoderLM(nn.Module):
     or [B, 1, V] of the last position when `last_only`, as reading a prompt needs; the
     advanced state)."""
     chex.assert_rank(tokens, 2)
-    kv_pos, mask = cache_positions(positions, state)
+    kv_pos, mask = cache_positions(positions, state, self.config.sliding_window)
     x = self.embed(tokens, positions)
     x, caches = self.extend_blocks(range(self.config.num_layers), x, positions, kv_pos, mask,
                                    state)
@@ -260,11 +277,12 @@ def default_positions(tokens):
   return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
-def cache_positions(positions, state: DecodeState):
+def cache_positions(positions, state: DecodeState, sliding_window: int = 0):
   """(key positions [B, S], mask bool [B, 1, L, S]) of new tokens at positions [B, L] written
-  at the state's next free slot."""
+  at the state's next free slot. A sliding window masks the slots it has left behind (they are
+  kept: the cache is as long as the sequence)."""
   kv_pos = jax.lax.dynamic_update_slice_in_dim(state.key_positions, positions, state.index, 1)
-  return kv_pos, attention_mask(positions, kv_pos)
+  return kv_pos, attention_mask(positions, kv_pos, sliding_window)
 
 
 def advance(state: DecodeState, caches: dict, kv_pos, length: int) -> DecodeState:
