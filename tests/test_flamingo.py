@@ -8,7 +8,7 @@ import pytest
 import flamingo_jax
 from flamingo_jax.flamingo import (Flamingo, FlamingoDecodeState, GatedCrossAttentionBlock,
                                    attached_media_index, cross_attention_mask, lm_config,
-                                   media_index)
+                                   media_index, next_attended)
 from flamingo_jax.flamingo.model import xattn_layer_indices
 from flamingo_jax.lm import DecoderLM
 
@@ -65,7 +65,9 @@ def test_init_logits_equal_the_frozen_lm(tiny_config, tiny_model, tiny_forward):
 def test_media_index_and_mask():
   tokens = jnp.array([[5, 9, 5, 5, 9, 5, 5]])  # 9 is <image>
   np.testing.assert_array_equal(media_index(tokens, 9), [[-1, 0, 0, 0, 1, 1, 1]])
-  np.testing.assert_array_equal(media_index(tokens, 9, jnp.array([2])), [[1, 2, 2, 2, 3, 3, 3]])
+  # Continuing a decoding state whose 2 media were seen, the second attended.
+  np.testing.assert_array_equal(
+      media_index(tokens, 9, seen=jnp.array([2]), attended=jnp.array([1])), [[1, 2, 2, 2, 3, 3, 3]])
   mask = cross_attention_mask(media_index(tokens, 9), num_media=2, tokens_per_medium=3)
   assert mask.shape == (1, 1, 7, 6)
   np.testing.assert_array_equal(mask[0, 0, 0], [0] * 6)
@@ -75,6 +77,21 @@ def test_media_index_and_mask():
   np.testing.assert_array_equal(every[0, 0, 5], [1] * 6)
   with pytest.raises(ValueError, match="sideways"):
     cross_attention_mask(media_index(tokens, 9), 2, 3, mode="sideways")
+
+
+def test_a_reset_token_hides_the_image_until_the_next():
+  """IDEFICS at an EOS (7) in a packed sequence: the EOS still sees the image, the text after it
+  none until the next <image> (9), and a chunk after a reset carries it."""
+  tokens = jnp.array([[5, 9, 5, 7, 5, 5, 9, 5]])
+  index = media_index(tokens, 9, reset_token_id=7)
+  np.testing.assert_array_equal(index, [[-1, 0, 0, 0, -1, -1, 1, 1]])
+  np.testing.assert_array_equal(media_index(tokens, 9), [[-1, 0, 0, 0, 0, 0, 1, 1]])
+  first, second = tokens[:, :4], tokens[:, 4:]
+  head = media_index(first, 9, reset_token_id=7)
+  tail = media_index(second, 9, 7, seen=jnp.array([1]),
+                     attended=next_attended(first, head, reset_token_id=7))
+  np.testing.assert_array_equal(jnp.concatenate([head, tail], 1), index)
+  np.testing.assert_array_equal(next_attended(tokens[:, :5], index[:, :5], 7), [-1])
 
 
 def gated_block_outputs(visual, x, tokens):
@@ -169,25 +186,48 @@ def test_too_many_images_is_a_clear_error(tiny_config, tiny_model):
     model.apply({"params": params}, images[:, :2], tokens)
 
 
-def test_cached_decoding_equals_full_forward(tiny_config, tiny_model):
-  """Feeding the sequence in chunks, images included, gives the full forward's logits."""
-  model, params = tiny_model
-  params = open_gates(params)
-  images, tokens = interleaved_batch(tiny_config)
-  full = model.apply({"params": params}, images, tokens)
+def cached_logits(model, params, config, images, tokens):
+  """The logits of `tokens` fed in chunks through Flamingo.extend: [B, L, V], and the state."""
   variables = {"params": params}
   visual = model.apply(variables, images, method=Flamingo.encode_media)
   media = model.apply(variables, visual, method=Flamingo.media_kv)
-  state = FlamingoDecodeState.start(tiny_config.model, media, tokens.shape[1] + 2)
+  state = FlamingoDecodeState.start(config.model, media, tokens.shape[1] + 2)
   pieces = []
   for start, stop in [(0, 4), (4, 5), (5, 11), (11, 12), (12, tokens.shape[1])]:
     positions = jnp.broadcast_to(jnp.arange(start, stop), (2, stop - start))
     logits, state = model.apply(variables, tokens[:, start:stop], positions, state,
                                 method=Flamingo.extend)
     pieces.append(logits)
+  return jnp.concatenate(pieces, axis=1), state
+
+
+def test_cached_decoding_equals_full_forward(tiny_config, tiny_model):
+  """Feeding the sequence in chunks, images included, gives the full forward's logits."""
+  model, params = tiny_model
+  params = open_gates(params)
+  images, tokens = interleaved_batch(tiny_config)
+  full = model.apply({"params": params}, images, tokens)
+  cached, state = cached_logits(model, params, tiny_config, images, tokens)
   # Exact structure, float32 rounding: a one-token chunk takes other CPU kernels (1e-4 seen).
-  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=5e-4)
+  np.testing.assert_allclose(cached, full, atol=5e-4)
   np.testing.assert_array_equal(state.media_count, [3, 3])
+
+
+def test_an_lm_sliding_window_holds_in_the_forward_and_the_cache(tiny_config, tiny_model):
+  """A Mistral-style LM window of 4: the first 4 positions as without one, later ones not; the
+  cached decoding masks the slots the window has passed as the full forward does."""
+  config = tiny_config.copy_and_resolve_references()
+  config.model.lm.sliding_window = 4
+  model, _ = flamingo_jax.create(config, jax.random.key(0))
+  plain_model, params = tiny_model
+  params = open_gates(params)
+  images, tokens = interleaved_batch(config)
+  full = model.apply({"params": params}, images, tokens)
+  plain = plain_model.apply({"params": params}, images, tokens)
+  np.testing.assert_allclose(full[:, :4], plain[:, :4], atol=1e-6)
+  assert not np.allclose(full[:, 4:], plain[:, 4:], atol=1e-3)
+  np.testing.assert_allclose(cached_logits(model, params, config, images, tokens)[0], full,
+                             atol=5e-4)
 
 
 def test_all_previous_media_mode_changes_the_model(tiny_config):

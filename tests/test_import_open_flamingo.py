@@ -63,15 +63,18 @@ def randomize(module, seed):
   return module
 
 
-def tiny_open_flamingo(family: str, tmp_path, pad: bool):
+def tiny_open_flamingo(family: str, tmp_path, pad: bool, tower_ln_post: bool = False):
   """(OpenFlamingo model, the LM's directory, the CLIP model): the LM is saved before
   OpenFlamingo resizes its vocabulary, as a user has it; `pad`: the tokenizer lacked a pad
-  token, so OpenFlamingo added <PAD> as a third row."""
+  token, so OpenFlamingo added <PAD> as a third row. The tower gives its tokens before ln_post
+  as open_clip 2.16-2.22 did (final_ln_after_pool keeps this open_clip from normalising them),
+  or, `tower_ln_post`, after it, as open_clip >= 2.23 does by default."""
   directory = tmp_path / "open_clip_config"
   directory.mkdir()
   (directory / "open_clip_config.json").write_text(json.dumps(dict(model_cfg=OPEN_CLIP_CFG)))
   clip = randomize(open_clip.create_model(f"local-dir:{directory}"), 1)
   clip.visual.output_tokens = True
+  clip.visual.final_ln_after_pool = not tower_ln_post
   config, model_cls, layers = LMS[family]
   lm = randomize(model_cls(config), 2)
   lm.save_pretrained(tmp_path / "lm")
@@ -177,13 +180,34 @@ def test_mpt_released_checkpoint_matches_open_flamingo(tiny_config, tmp_path):
                                                  tmp_path / "clip.pt")
   assert config.model.lm.num_extra_tokens == 2 and config.model.lm.position == "alibi"
   assert not (report.missing or report.unexpected or report.initialised)
-  assert report.ignored == ("transformer.wte.weight", "visual.proj")
+  assert set(report.ignored) == {"transformer.wte.weight", "visual.ln_post.bias",
+                                 "visual.ln_post.weight", "visual.proj"}
   images = random_images(1)
   theirs = reference(model, images)
   assert np.abs(ours(config, params, images) - theirs).max() < 1e-4
   text = str(report)
   assert "lang_encoder.transformer.blocks.*.gated_cross_attn_layer.attn.to_kv.weight " \
          "(1024, 32) -> gated_xattn_*/attention/key/kernel (32, 8, 64)" in text
+
+
+def test_tower_tokens_after_ln_post_for_a_newer_open_clip(tiny_config, tmp_path):
+  """An OpenFlamingo trained with open_clip >= 2.23 read its tower's tokens after ln_post:
+  `tower_ln_post` gives its logits; the released models' default would not."""
+  model, lm_path, _ = tiny_open_flamingo("llama", tmp_path, pad=True, tower_ln_post=True)
+  torch.save(model.state_dict(), tmp_path / "of.pt")
+  images = random_images(3)
+  theirs = reference(model, images)
+  logits = {}
+  for tower_ln_post in (False, True):
+    config = importer.open_flamingo_config(tiny_config, tmp_path / "of.pt", lm_path,
+                                           vocab_size=VOCAB, open_clip_cfg=OPEN_CLIP_CFG,
+                                           tower_ln_post=tower_ln_post)
+    assert config.model.vision.final_norm == tower_ln_post
+    params, report = importer.import_open_flamingo(tmp_path / "of.pt", config, lm_path)
+    assert not (report.missing or report.unexpected)
+    logits[tower_ln_post] = ours(config, params, images)
+  assert np.abs(logits[True] - theirs).max() < 1e-4
+  assert np.abs(logits[False] - theirs).max() > 1e-2
 
 
 def test_wrong_shape_names_key_and_both_shapes(tiny_config, tmp_path):

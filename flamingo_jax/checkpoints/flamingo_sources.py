@@ -83,14 +83,17 @@ class Checkpoints:
 
 def open_flamingo_config(base: ml_collections.ConfigDict, checkpoint, lm_path, vision_path=None,
                          *, vocab_size: int | None = None,
-                         open_clip_cfg: dict | None = None) -> ml_collections.ConfigDict:
+                         open_clip_cfg: dict | None = None,
+                         tower_ln_post: bool = False) -> ml_collections.ConfigDict:
   """A copy of `base` whose model section computes what the OpenFlamingo checkpoint's model
   does (open_flamingo.py's docstring), derived from the checkpoints; base's other sections, and
   its model's dtypes, remat and layer scan, are kept.
 
   vocab_size: V, the LM tokenizer's size (OpenFlamingo's `<|endofchunk|>` id), default the size
   of `lm_path`'s tokenizer.json; open_clip_cfg: the tower's open_clip model config, default
-  open_flamingo.OPEN_CLIP_DEFAULTS and the tensors' shapes.
+  open_flamingo.OPEN_CLIP_DEFAULTS and the tensors' shapes; tower_ln_post: feed the resampler
+  the tower's tokens after `ln_post`, for a model trained with open_clip >= 2.23 (default:
+  before, as the released models were trained; open_flamingo.py's docstring).
   """
   files = Checkpoints.open(checkpoint, lm_path, vision_path)
   t = files.tensors
@@ -105,7 +108,8 @@ def open_flamingo_config(base: ml_collections.ConfigDict, checkpoint, lm_path, v
         f"{vocab_size} tokens and <|endofchunk|>, <image> (and <PAD>): 2 or 3 more.")
   resampler, xattn = open_flamingo.bridge_config(t, lm)
   vision = vit.vision_config_from_open_clip(
-      t, open_clip_cfg or open_flamingo.OPEN_CLIP_DEFAULTS, files.tower)
+      t, open_clip_cfg or open_flamingo.OPEN_CLIP_DEFAULTS, files.tower) | dict(
+          final_norm=tower_ln_post)
   model = model_config(
       vision=vision, lm=lm | dict(vocab_size=vocab_size, num_extra_tokens=rows - vocab_size),
       resampler=resampler, xattn=xattn, dtype=base.model.dtype,
@@ -153,12 +157,13 @@ def import_open_flamingo(checkpoint, config: ml_collections.ConfigDict, lm_path,
 
 
 def convert_open_flamingo(checkpoint, lm_path, config: ml_collections.ConfigDict, out, *,
-                          vision_path=None, open_clip_cfg: dict | None = None) -> pathlib.Path:
+                          vision_path=None, open_clip_cfg: dict | None = None,
+                          tower_ln_post: bool = False) -> pathlib.Path:
   """Writes the Flamingo checkpoint `out` of an OpenFlamingo checkpoint: its model section from
-  `open_flamingo_config`, `config`'s other sections, the LM's tokenizer beside the parameters.
-  Returns its directory."""
+  `open_flamingo_config` (which the keyword arguments go to), `config`'s other sections, the
+  LM's tokenizer beside the parameters. Returns its directory."""
   config = open_flamingo_config(config, checkpoint, lm_path, vision_path,
-                                open_clip_cfg=open_clip_cfg)
+                                open_clip_cfg=open_clip_cfg, tower_ln_post=tower_ln_post)
   params, report = import_open_flamingo(checkpoint, config, lm_path, vision_path,
                                         rng=jax.random.key(config.seed))
   print(report)

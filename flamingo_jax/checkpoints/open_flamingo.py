@@ -23,7 +23,12 @@ defaults are unchanged):
   before the first image to nothing.
 - vision: the OpenCLIP ViT with QuickGELU unless an open_clip model config says otherwise
   (open_clip 2, which OpenFlamingo trained with, built OpenAI's ViT-L/14 with QuickGELU), and
-  CLIP's preprocessing.
+  CLIP's preprocessing. The resampler reads the patch tokens *before* the tower's `ln_post`
+  (`final_norm=False`): `VisionTransformer(output_tokens=True)` returned them so from open_clip
+  2.16 (OpenFlamingo's minimum) to 2.22, when OpenFlamingo's models were trained and released
+  (mid 2023); open_clip 2.23 (October 2023, "final_ln_after_pool") applies `ln_post` to every
+  token first unless `final_ln_after_pool` is set. `tower_ln_post` (open_flamingo_config) takes
+  the later tokens, for a model trained with a newer open_clip.
 - tokens: OpenFlamingo appends `<|endofchunk|>` (id V, the size of the LM's tokenizer),
   `<image>` (V + 1) and, for LMs without a pad token, `<PAD>` (V + 2) to the LM's vocabulary and
   trains the input embedding table. Flamingo-jax's `<image>` is V and its `<EOC>` V + 1 (what its

@@ -83,10 +83,13 @@ def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
   c.lm = ml_collections.ConfigDict(lm)
   c.resampler = ml_collections.ConfigDict(dict(
       dim=1536, depth=6, num_latents=64, num_heads=16, head_dim=128, mlp_ratio=4,
-      activation="squared_relu", max_frames=8, norm_eps=1e-5) | resampler)
+      activation="squared_relu", max_frames=8, norm_eps=1e-5, qk_norm="none") | resampler)
+  # The paper's blocks; the switches after norm_eps express IDEFICS's (gated_xattn.py).
   c.xattn = ml_collections.ConfigDict(dict(
       every=1, start=0, num_heads=c.lm.get_ref("num_heads"), head_dim=128, mlp_ratio=4,
-      activation="squared_relu", kv_norm=True, media_mode="last", norm_eps=1e-5) | xattn)
+      activation="squared_relu", kv_norm=True, media_mode="last", norm_eps=1e-5,
+      norm_type="layer", qk_norm="none", gated_mlp=False, gate="scalar",
+      media_reset_token_id=-1) | xattn)
   c.media_token_id = c.lm.get_ref("vocab_size")
   c.eoc_token_id = c.lm.get_ref("vocab_size") + 1
   c.trainable = TRAINABLE

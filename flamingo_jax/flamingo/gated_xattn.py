@@ -18,35 +18,53 @@ from flamingo_jax.layers.attention import KVCache, MultiHeadAttention
 from flamingo_jax.layers.norms import make_norm
 
 
+GATES = ("scalar", "vector")
+
+
 class GatedCrossAttentionBlock(nn.Module):
   """x: [B, L, D]; media: visual tokens [B, N, Dv]; mask: bool [B, 1, L, N] -> [B, L, D].
 
   A token whose mask row is empty (no image at or before it) gets an exactly zero
   cross-attention output, not the uniform average an all-masked softmax would give.
-  `kv_norm` is the paper's LayerNorm on the key/value input (OpenFlamingo has none).
-  The sizes and switches come from the config's `xattn` section (flamingo_jax.configs.base).
+  `kv_norm` is the paper's LayerNorm on the key/value input (OpenFlamingo and IDEFICS have
+  none). The sizes and switches come from the config's `xattn` section
+  (flamingo_jax.configs.base); those the paper's blocks leave at their defaults here are
+  IDEFICS's: `norm_type` "rms" pre-norms, `qk_norm` on each head's queries and keys, a `gated_mlp`
+  (SwiGLU) feed-forward, and "vector" gates, one tanh gate per feature ([D]) rather than one
+  per block.
   """
   num_heads: int
   head_dim: int
-  mlp_ratio: int
+  mlp_ratio: float
   activation: str
   kv_norm: bool
   norm_eps: float
+  norm_type: str = "layer"
+  qk_norm: str = "none"
+  gated_mlp: bool = False
+  gate: str = "scalar"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def setup(self):
-    kw = dict(eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
-    gate = lambda name: self.param(
-        name, nn.with_logical_partitioning(nn.initializers.zeros, ()), (), self.param_dtype)
-    self.attention = MultiHeadAttention(self.num_heads, self.head_dim, dtype=self.dtype,
-                                        param_dtype=self.param_dtype)
+    if self.gate not in GATES:
+      raise ValueError(f"Unknown gate {self.gate!r}; choose from {GATES}.")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.attention = MultiHeadAttention(self.num_heads, self.head_dim, qk_norm=self.qk_norm,
+                                        qk_norm_eps=self.norm_eps, **kw)
     if self.kv_norm:
-      self.media_norm = make_norm("layer", name="kv_norm", **kw)
-    self.norm = make_norm("layer", **kw)
-    self.ffw = FeedForward(self.mlp_ratio, self.activation, self.norm_eps, self.dtype,
-                           self.param_dtype)
-    self.attention_gate, self.ffw_gate = gate("attention_gate"), gate("ffw_gate")
+      self.media_norm = make_norm("layer", eps=self.norm_eps, name="kv_norm", **kw)
+    self.norm = make_norm(self.norm_type, eps=self.norm_eps, **kw)
+    self.ffw = FeedForward(self.mlp_ratio, self.activation, self.norm_eps, self.norm_type,
+                           self.gated_mlp, **kw)
+
+  @nn.compact
+  def gates(self, width: int):
+    """(attention gate, feed-forward gate): scalars [] or vectors [D], both starting at 0."""
+    shape, axes = ((), ()) if self.gate == "scalar" else ((width,), ("embed",))
+    gate = lambda name: self.param(
+        name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape, self.param_dtype)
+    return gate("attention_gate"), gate("ffw_gate")
 
   def __call__(self, x, media, mask):
     return self.attend_to(x, self.media_kv(media), mask)
@@ -57,7 +75,8 @@ class GatedCrossAttentionBlock(nn.Module):
 
   def attend_to(self, x, media_kv: KVCache, mask):
     """The block's output for x [B, L, D] over the keys and values of `media_kv`."""
+    attention_gate, ffw_gate = self.gates(x.shape[-1])
     attended = self.attention.attend_to(self.norm(x), media_kv, mask)
     attended = jnp.where(mask.any(axis=-1).transpose(0, 2, 1), attended, 0)
-    x = x + jnp.tanh(self.attention_gate).astype(self.dtype) * attended
-    return x + jnp.tanh(self.ffw_gate).astype(self.dtype) * self.ffw(x)
+    x = x + jnp.tanh(attention_gate).astype(self.dtype) * attended
+    return x + jnp.tanh(ffw_gate).astype(self.dtype) * self.ffw(x)

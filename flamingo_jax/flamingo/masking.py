@@ -16,29 +16,49 @@ import jax.numpy as jnp
 MEDIA_MODES = ("last", "all_previous")
 
 
-def media_index(tokens: jax.Array, media_token_id: int, offset: jax.Array | None = None):
-  """Index of the most recent medium at or before each token, -1 before the first.
+def media_index(tokens: jax.Array, media_token_id: int, reset_token_id: int = -1,
+                seen=0, attended=-1) -> jax.Array:
+  """Index of the medium each token attends to: the most recent at or before it, -1 before the
+  first, and -1 after a `reset_token_id` until the next medium (IDEFICS: text after an EOS in
+  a packed sequence sees no image; the EOS itself still does; -1 never matches a token).
 
-  tokens: [B, L] int32; offset: [B] int32, media already seen in earlier decoding calls.
+  tokens: [B, L] int32. A decoding step continues earlier calls: seen, [B] int32, the media
+  they held; attended, [B] int32, the medium their next token attends to (`next_attended`).
   Returns [B, L] int32.
   """
-  index = jnp.cumsum(tokens == media_token_id, axis=1, dtype=jnp.int32) - 1
-  return index if offset is None else index + offset[:, None]
+  is_media, is_reset = tokens == media_token_id, tokens == reset_token_id
+  positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+  last_media = jax.lax.cummax(jnp.where(is_media, positions, -1), axis=1)
+  # The last reset strictly before each token.
+  last_reset = jax.lax.cummax(jnp.where(is_reset, positions, -1), axis=1)
+  last_reset = jnp.pad(last_reset[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  counted = jnp.asarray(seen, jnp.int32)[..., None] + jnp.cumsum(is_media, 1, dtype=jnp.int32) - 1
+  carried = jnp.broadcast_to(jnp.asarray(attended, jnp.int32)[..., None], tokens.shape)
+  return jnp.where(last_media > last_reset, counted,
+                   jnp.where(last_reset >= 0, -1, carried))
 
 
-def attached_media_index(tokens: jax.Array, media_token_id: int, attach_to_next: jax.Array):
+def next_attended(tokens: jax.Array, index: jax.Array, reset_token_id: int = -1) -> jax.Array:
+  """The medium a token after `tokens` [B, L] attends to if it is no `<image>`: its
+  predecessor's (`index` [B, L], from media_index), or none after a reset token. [B]."""
+  return jnp.where(tokens[:, -1] == reset_token_id, -1, index[:, -1])
+
+
+def attached_media_index(tokens: jax.Array, media_token_id: int, attach_to_next: jax.Array,
+                         reset_token_id: int = -1):
   """Index of the medium each token attends to, -1 for none: per sequence, the previous medium
-  (`media_index`) or, where attach_to_next, the next one, the first whose `<image>` is at or
-  after the token. The edges mirror each other: text before the first image has no previous
-  image, text after the last has no next one, and neither attends to any.
+  (`media_index`, resets included) or, where attach_to_next, the next one, the first whose
+  `<image>` is at or after the token. The edges mirror each other: text before the first image
+  has no previous image, text after the last has no next one, and neither attends to any.
 
   tokens: [B, L] int32; attach_to_next: [B] bool. Returns [B, L] int32.
   """
-  previous = media_index(tokens, media_token_id)
+  count = jnp.cumsum(tokens == media_token_id, axis=1, dtype=jnp.int32) - 1
   # The media strictly before a token number the one at or after it.
-  following = previous + 1 - (tokens == media_token_id)
-  following = jnp.where(following <= previous[:, -1:], following, -1)
-  return jnp.where(attach_to_next[:, None], following, previous)
+  following = count + 1 - (tokens == media_token_id)
+  following = jnp.where(following <= count[:, -1:], following, -1)
+  return jnp.where(attach_to_next[:, None], following,
+                   media_index(tokens, media_token_id, reset_token_id))
 
 
 def cross_attention_mask(index: jax.Array, num_media: int, tokens_per_medium: int,

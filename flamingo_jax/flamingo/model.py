@@ -31,7 +31,7 @@ import numpy as np
 
 from flamingo_jax.flamingo.gated_xattn import GatedCrossAttentionBlock
 from flamingo_jax.flamingo.masking import (attached_media_index, cross_attention_mask,
-                                           media_index)
+                                           media_index, next_attended)
 from flamingo_jax.flamingo.resampler import PerceiverResampler
 from flamingo_jax.flamingo.scan import SCANNED, Layout
 from flamingo_jax.layers.attention import KVCache
@@ -67,13 +67,23 @@ def dtypes(model_config) -> tuple[jnp.dtype, jnp.dtype]:
   return jnp.dtype(model_config.dtype), jnp.dtype(model_config.param_dtype)
 
 
+# The xattn section's fields that place the gated blocks and mask what they see; the others are
+# the block's own (GatedCrossAttentionBlock's fields).
+XATTN_LAYOUT_FIELDS = ("every", "start", "media_mode", "media_reset_token_id")
+
+
 def gated_block(model_config) -> GatedCrossAttentionBlock:
   """A GATED XATTN-DENSE block of the config, rematerialised as `remat` says."""
-  x = model_config.xattn
+  fields = {k: v for k, v in model_config.xattn.items() if k not in XATTN_LAYOUT_FIELDS}
   dtype, param_dtype = dtypes(model_config)
   return remat(GatedCrossAttentionBlock, model_config.remat)(
-      num_heads=x.num_heads, head_dim=x.head_dim, mlp_ratio=x.mlp_ratio, activation=x.activation,
-      kv_norm=x.kv_norm, norm_eps=x.norm_eps, dtype=dtype, param_dtype=param_dtype)
+      **fields, dtype=dtype, param_dtype=param_dtype)
+
+
+def media_reset_token_id(model_config) -> int:
+  """The token after which text sees no image until the next (`masking.media_index`), -1 for
+  none, as in configs saved before the switch."""
+  return model_config.xattn.get("media_reset_token_id", -1)
 
 
 
@@ -119,12 +129,14 @@ class FlamingoDecodeState:
   lm: the LM's state, with the caches of the LM blocks that run one by one; scanned: one
   KVCache [U, B, S, K, Dh] per LM block of a scanned unit (empty without `scan_layers`); media:
   the gated blocks' keys and values of the prompt's media; media_count: [B] int32, the number of
-  media each sequence has seen.
+  media each sequence has seen; media_attended: [B] int32, the medium its next token attends to
+  unless it is an `<image>` (-1: none, before the first or after a reset token).
   """
   lm: DecodeState
   scanned: tuple[KVCache, ...]
   media: MediaKV
   media_count: jax.Array
+  media_attended: jax.Array
 
   @classmethod
   def start(cls, model_config, media: MediaKV, length: int, dtype=jnp.float32):
@@ -134,7 +146,8 @@ class FlamingoDecodeState:
     stacked = jax.tree.map(lambda a: jnp.zeros((layout.num_scanned, *a.shape), a.dtype), cache)
     return cls(lm=DecodeState.zeros(lm, batch, length, dtype, layout.unscanned),
                scanned=(stacked,) * layout.every if layout.num_scanned else (),
-               media=media, media_count=jnp.zeros((batch,), jnp.int32))
+               media=media, media_count=jnp.zeros((batch,), jnp.int32),
+               media_attended=jnp.full((batch,), -1, jnp.int32))
 
   def take(self, indices, keep_media: bool = False):
     """The state of the sequences `indices` ([N] int32 into the batch, repeats allowed): how
@@ -149,13 +162,14 @@ class FlamingoDecodeState:
                      key_positions=rows(0)(self.lm.key_positions), index=self.lm.index)
     return FlamingoDecodeState(lm=lm, scanned=jax.tree.map(rows(1), self.scanned),
                                media=self.media if keep_media else self.media.take(indices),
-                               media_count=rows(0)(self.media_count))
+                               media_count=rows(0)(self.media_count),
+                               media_attended=rows(0)(self.media_attended))
 
   def logical_axes(self):
     """The state's logical axes (flamingo_jax.sharding places it by them as it places the
     parameters), a like tree of PartitionSpecs, told apart by rank: keys and values
-    [(layers,) batch, length, heads, kv], key positions [batch, length], media counts [batch],
-    the cache index []."""
+    [(layers,) batch, length, heads, kv], key positions [batch, length], media counts and
+    attended media [batch], the cache index []."""
     kv = ("batch", "length", "heads", "kv")
     names = {0: (), 1: ("batch",), 2: ("batch", "length"), 4: kv, 5: ("layers", *kv)}
     return jax.tree.map(lambda x: jax.sharding.PartitionSpec(*names[x.ndim]), self)
@@ -276,9 +290,10 @@ class Flamingo(nn.Module):
     visual = self.flat_visual(visual)
     positions = default_positions(tokens) if positions is None else positions
     index = attached_media_index(tokens, c.media_token_id,
-                                 jnp.broadcast_to(attach_to_next, tokens.shape[:1]))
+                                 jnp.broadcast_to(attach_to_next, tokens.shape[:1]),
+                                 media_reset_token_id(c))
     xmask = cross_attention_mask(index, num_media, tokens_per_medium, c.xattn.media_mode)
-    mask = attention_mask(positions, positions)
+    mask = attention_mask(positions, positions, self.lm.config.sliding_window)
 
     x = self.lm.embed(tokens, positions)
     x = self.lm.blocks(layout.prefix, x, positions, mask)
@@ -306,10 +321,11 @@ class Flamingo(nn.Module):
     """
     chex.assert_rank(tokens, 2)
     c, layout, media = self.config, Layout.of(self.config), state.media
-    index = media_index(tokens, c.media_token_id, state.media_count)
+    reset = media_reset_token_id(c)
+    index = media_index(tokens, c.media_token_id, reset, state.media_count, state.media_attended)
     xmask = cross_attention_mask(index, media.num_media, media.tokens_per_medium,
                                  c.xattn.media_mode)
-    kv_pos, mask = cache_positions(positions, state.lm)
+    kv_pos, mask = cache_positions(positions, state.lm, self.lm.config.sliding_window)
 
     x = self.lm.embed(tokens, positions)
     x, caches = self.lm.extend_blocks(layout.prefix, x, positions, kv_pos, mask, state.lm)
@@ -325,7 +341,10 @@ class Flamingo(nn.Module):
       caches.update(unit_caches)
     logits = self.lm.head(x[:, -1:] if last_only else x)
     return logits, state.replace(lm=advance(state.lm, caches, kv_pos, tokens.shape[1]),
-                                 scanned=scanned, media_count=index[:, -1] + 1)
+                                 scanned=scanned,
+                                 media_count=state.media_count + jnp.sum(
+                                     tokens == c.media_token_id, axis=1, dtype=jnp.int32),
+                                 media_attended=next_attended(tokens, index, reset))
 
   def __call__(self, images, tokens, positions=None, attach_to_next=False):
     """images [B, M, T, H, W, 3] float32, tokens [B, L] int32 -> logits [B, L, V] float32;

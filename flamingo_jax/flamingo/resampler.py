@@ -15,47 +15,52 @@ from flamingo_jax.layers.norms import make_norm
 
 
 class FeedForward(nn.Module):
-  """LayerNorm then an MLP of `ratio * D` hidden units: [..., D] -> [..., D]."""
-  ratio: int
+  """A norm ("layer" or "rms") then an MLP of round(ratio * D) hidden units, gated (SwiGLU, as
+  IDEFICS's gated blocks) or not: [..., D] -> [..., D]."""
+  ratio: float
   activation: str
   norm_eps: float
+  norm_type: str = "layer"
+  gated: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = make_norm("layer", eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+    x = make_norm(self.norm_type, eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                   name="norm")(x)
-    return Mlp(self.ratio * x.shape[-1], self.activation, dtype=self.dtype,
+    return Mlp(round(self.ratio * x.shape[-1]), self.activation, self.gated, dtype=self.dtype,
                param_dtype=self.param_dtype, name="mlp")(x)
 
 
 class PerceiverLayer(nn.Module):
   """x = x + Attn(q=x, kv=concat([x_f, x])); x = x + FFW(x).
 
-  latents: [N, R, D]; features: [N, S, D] -> [N, R, D].
+  latents: [N, R, D]; features: [N, S, D] -> [N, R, D]. qk_norm: a LayerNorm of each head's
+  queries and keys (IDEFICS's `qk_layer_norms_perceiver`), or "none".
   """
   num_heads: int
   head_dim: int
-  mlp_ratio: int
+  mlp_ratio: float
   activation: str
   norm_eps: float
+  qk_norm: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, latents, features):
-    kw = dict(eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
-    features = make_norm("layer", name="features_norm", **kw)(features)
-    queries = make_norm("layer", name="latents_norm", **kw)(latents)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    features = make_norm("layer", eps=self.norm_eps, name="features_norm", **kw)(features)
+    queries = make_norm("layer", eps=self.norm_eps, name="latents_norm", **kw)(latents)
     kv = jnp.concatenate([features, queries], axis=1)
     mask = jnp.ones((1, 1, queries.shape[1], kv.shape[1]), bool)
     attended = MultiHeadAttention(
-        self.num_heads, self.head_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-        name="attention")(queries, kv, mask)
+        self.num_heads, self.head_dim, qk_norm=self.qk_norm, qk_norm_eps=self.norm_eps,
+        name="attention", **kw)(queries, kv, mask)
     latents = latents + attended
-    return latents + FeedForward(self.mlp_ratio, self.activation, self.norm_eps, self.dtype,
-                                 self.param_dtype, name="ffw")(latents)
+    return latents + FeedForward(self.mlp_ratio, self.activation, self.norm_eps, name="ffw",
+                                 **kw)(latents)
 
 
 def interpolate_time(embedding: jax.Array, num_frames: int) -> jax.Array:
@@ -78,19 +83,21 @@ class PerceiverResampler(nn.Module):
   paper's NFNet-F6 gives 3072 channels to a 1536-wide resampler). Only temporal position
   embeddings are learned; there are no spatial ones (paper A.1.1). `temporal_embedding=False`
   leaves those out too, as OpenFlamingo's resampler does. The fields come from the config's
-  `resampler` section (flamingo_jax.configs.base); `temporal_embedding` alone keeps a default,
-  the paper's, since only OpenFlamingo's configs name it (saved configs without it still load).
+  `resampler` section (flamingo_jax.configs.base); `temporal_embedding` and `qk_norm` keep
+  defaults, the paper's, since only imported models' configs name them (saved configs without
+  them still load).
   """
   dim: int
   depth: int
   num_latents: int
   num_heads: int
   head_dim: int
-  mlp_ratio: int
+  mlp_ratio: float
   activation: str
   max_frames: int
   norm_eps: float
   temporal_embedding: bool = True
+  qk_norm: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -113,7 +120,8 @@ class PerceiverResampler(nn.Module):
     x = jnp.broadcast_to(jnp.asarray(latents, self.dtype), (b * m, self.num_latents, self.dim))
     for i in range(self.depth):
       layer = PerceiverLayer(self.num_heads, self.head_dim, self.mlp_ratio, self.activation,
-                             self.norm_eps, self.dtype, self.param_dtype, name=f"layers_{i}")
+                             self.norm_eps, self.qk_norm, self.dtype, self.param_dtype,
+                             name=f"layers_{i}")
       x = layer(x, features)
     x = make_norm("layer", eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                   name="final_norm")(x)

@@ -4,7 +4,8 @@ Settings: OpenAI CLIP: class_token, pre_norm, patch_bias=False, activation="quic
 OpenCLIP: the same with "gelu"; SigLIP: no class token or pre_norm, patch_bias=True,
 "gelu_tanh", norm_eps=1e-6.
 images [N, H, W, 3] -> patch tokens [N, (H/p)*(W/p), D] after final_norm, class token dropped
-(OpenFlamingo's use of open_clip).
+(OpenFlamingo's use of open_clip), or kept first (`keep_class_token`: IDEFICS reads CLIP's
+last_hidden_state, [N, 1 + (H/p)*(W/p), D]).
 """
 
 import functools
@@ -42,7 +43,8 @@ class EncoderBlock(nn.Module):
 
 
 class ViT(nn.Module):
-  """images: [N, image_size, image_size, 3] -> tokens [N, (image_size // patch_size)**2, width]."""
+  """images: [N, image_size, image_size, 3] -> tokens [N, (image_size // patch_size)**2, width],
+  the class token's first when `keep_class_token`."""
   image_size: int
   patch_size: int
   width: int
@@ -55,6 +57,7 @@ class ViT(nn.Module):
   activation: str = "quick_gelu"
   norm_eps: float = 1e-5
   patch_bias: bool = False
+  keep_class_token: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -93,6 +96,6 @@ class ViT(nn.Module):
                        name=f"blocks_{i}", **kw)(x)
     if self.final_norm:
       x = norm(name="final_norm")(x)
-    x = x[:, int(self.class_token):]
-    chex.assert_shape(x, (n, gh * gw, d))
-    return x
+    if self.keep_class_token:
+      return x
+    return x[:, int(self.class_token):]
