@@ -15,6 +15,7 @@ import flamingo_jax
 from flamingo_jax.checkpoints import idefics as importer
 from flamingo_jax.decode import encode, generate
 
+from test_import_open_flamingo import randomize
 from test_import_vision import convert
 
 torch = pytest.importorskip("torch")
@@ -45,8 +46,7 @@ def tokenizer(directory):
 
 
 def reference_model(alpha_type: str, qk_norms: bool, seed: int = 0):
-  """A float32 IdeficsForVisionText2Text with every parameter drawn at random: norm scales
-  around 1, biases around 0, the tanh gates' alphas around 0.5 (IDEFICS starts them at 0)."""
+  """A float32 IdeficsForVisionText2Text with every parameter drawn at random (`randomize`)."""
   config = transformers.IdeficsConfig(
       vocab_size=VOCAB, additional_vocab_size=2, hidden_size=64, intermediate_size=96,
       num_hidden_layers=4, num_attention_heads=4, cross_layer_interval=2,
@@ -57,17 +57,7 @@ def reference_model(alpha_type: str, qk_norms: bool, seed: int = 0):
       perceiver_config=dict(use_resampler=True, resampler_n_latents=4, resampler_depth=2,
                             resampler_n_heads=2, resampler_head_dim=8,
                             qk_layer_norms_perceiver=qk_norms))
-  torch.manual_seed(seed)
-  model = transformers.IdeficsForVisionText2Text(config).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "alpha_" in name:
-        p.copy_(0.5 + 0.2 * torch.randn_like(p))
-      elif p.ndim == 1:
-        p.copy_(float(name.endswith("weight")) + 0.1 * torch.randn_like(p))
-      else:
-        p.copy_(0.2 * torch.randn_like(p))
-  return model
+  return randomize(transformers.IdeficsForVisionText2Text(config).eval(), seed)
 
 
 def inputs(fast_tokenizer, seed: int = 0):

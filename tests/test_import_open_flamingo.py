@@ -50,11 +50,12 @@ TOKENS = np.array([[IMAGE, 5, 6, EOC, IMAGE, 7, 8, 9, EOC, IMAGE, 3, 4, 11, EOC]
 
 
 def randomize(module, seed):
-  """Every parameter at random, norm scales around 1, biases and the tanh gates around 0.5."""
+  """Every parameter at random, norm scales around 1, biases around 0, and the tanh gates
+  (OpenFlamingo's `*_gate`, IDEFICS's `alpha_*`) around 0.5, where both start them at 0."""
   torch.manual_seed(seed)
   with torch.no_grad():
     for name, p in module.named_parameters():
-      if name.endswith("_gate"):
+      if name.endswith("_gate") or ".alpha_" in name:
         p.copy_(0.5 + 0.2 * torch.randn_like(p))
       elif p.ndim == 1:
         p.copy_(float(name.endswith("weight")) + 0.1 * torch.randn_like(p))
