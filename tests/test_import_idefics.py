@@ -7,15 +7,19 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tokenizers
 
 import flamingo_jax
+from flamingo_jax import sharding
 from flamingo_jax.checkpoints import idefics as importer
+from flamingo_jax.configs import base
 from flamingo_jax.decode import encode, generate
+from flamingo_jax.flamingo import factory
 
-from test_import_open_flamingo import randomize
+from test_import_open_flamingo import assert_sharded, randomize
 from test_import_vision import convert
 
 torch = pytest.importorskip("torch")
@@ -137,6 +141,24 @@ def test_greedy_decoding_matches_transformers(tmp_path):
   ours = np.asarray(generate(model, params, visual, jnp.asarray(prompt), 8, stop_token=EOS))[0]
   assert len(theirs) >= 2
   np.testing.assert_array_equal(ours[:len(theirs)], theirs)
+
+
+def test_import_places_every_parameter_on_the_mesh(tiny_config, tmp_path):
+  """On the 8-device CPU mesh (fsdp 2 x tensor 4): each tensor is read and placed with its
+  sharding, the values those of the import on one device."""
+  reference_model("vector", True).save_pretrained(tmp_path)
+  tokenizer(tmp_path)
+  config = importer.idefics_config(tiny_config, tmp_path)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4)))
+  flat = factory.unscanned(config)
+  shapes, axes = factory.abstract_params_and_axes(factory.build_model(flat), flat)
+  shardings = sharding.shardings(axes, shapes, mesh, base.PARTITIONING_RULES)
+  placed, _ = importer.import_idefics(tmp_path, config, shardings)
+  plain, _ = importer.import_idefics(tmp_path, config)
+  jax.tree.map(assert_sharded, placed, shardings)
+  jax.tree.map(np.testing.assert_array_equal, placed, plain)
+  gate = placed["gated_xattn_0"]["attention_gate"]  # [64] features over the 2 fsdp devices.
+  assert {s.data.shape for s in gate.addressable_shards} == {(32,)}
 
 
 def test_config_refuses_what_it_cannot_express(tiny_config, tmp_path):
