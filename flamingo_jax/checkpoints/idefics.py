@@ -68,16 +68,13 @@ def _image_token_id(path: pathlib.Path) -> int:
   return ids[0]
 
 
-def idefics_config(base: ml_collections.ConfigDict, path, *,
-                   image_token_id: int | None = None) -> ml_collections.ConfigDict:
-  """A copy of `base` whose model section computes what the IDEFICS checkpoint at `path` does
-  (module docstring), from its config.json; base's other sections, and its model's dtypes,
-  remat and layer scan, are kept. image_token_id: `<image>`'s id, default the tokenizer.json's.
-  """
-  path = pathlib.Path(path)
-  hf = json.loads((path / "config.json").read_text())
+def model_section(hf: dict, media_token_id: int, *, dtype: str = "float32",
+                  param_dtype: str = "float32", remat: str = "none",
+                  scan_layers: bool = False) -> ml_collections.ConfigDict:
+  """The Flamingo `model` section that computes what the IDEFICS of config.json `hf` computes
+  (module docstring), `<image>` being `media_token_id`; the rest as in `model_config`."""
   if hf.get("model_type") != "idefics":
-    raise ValueError(f"{path} holds a {hf.get('model_type')!r} model, not IDEFICS.")
+    raise ValueError(f"A {hf.get('model_type')!r} config, not IDEFICS's.")
   if not hf.get("use_resampler", False):
     raise ValueError("IDEFICS with use_resampler=False (gated layers reading the tower's tokens "
                      "directly) is not supported.")
@@ -92,6 +89,9 @@ def idefics_config(base: ml_collections.ConfigDict, path, *,
     raise ValueError(f"Unknown alpha_type {alpha!r}; IDEFICS has 'float' and 'vector'.")
   lm = hf_lm.lm_config_from_hf(hf | dict(model_type="llama"))
   lm |= dict(num_extra_tokens=hf.get("additional_vocab_size", 0))
+  if not lm["vocab_size"] <= media_token_id < lm["vocab_size"] + lm["num_extra_tokens"]:
+    raise ValueError(f"{IMAGE_TOKEN} is id {media_token_id}, not one of IDEFICS's added rows "
+                     f"[{lm['vocab_size']}, {lm['vocab_size'] + lm['num_extra_tokens']}).")
   v = hf["vision_config"]
   vision = vit.vision_config_from_hf(dict(
       model_type="clip_vision_model", hidden_size=v["embed_dim"],
@@ -114,18 +114,27 @@ def idefics_config(base: ml_collections.ConfigDict, path, *,
       qk_norm="rms" if hf.get("qk_layer_norms", False) else "none", gated_mlp=True,
       gate="vector" if alpha == "vector" else "scalar", media_reset_token_id=eos)
   model = model_config(
-      vision=vision, lm=lm, resampler=resampler, xattn=xattn, dtype=base.model.dtype,
-      image_preprocessing=dict(CLIP_PREPROCESSING, resize="square"), remat=base.model.remat,
-      scan_layers=base.model.scan_layers)
-  media = _image_token_id(path) if image_token_id is None else image_token_id
-  if not lm["vocab_size"] <= media < lm["vocab_size"] + lm["num_extra_tokens"]:
-    raise ValueError(f"{IMAGE_TOKEN} is id {media}, not one of IDEFICS's added rows "
-                     f"[{lm['vocab_size']}, {lm['vocab_size'] + lm['num_extra_tokens']}).")
+      vision=vision, lm=lm, resampler=resampler, xattn=xattn, dtype=dtype,
+      image_preprocessing=dict(CLIP_PREPROCESSING, resize="square"), remat=remat,
+      scan_layers=scan_layers)
   # Plain values: the token ids are IDEFICS's, not model_config's references to the vocabulary
   # size (assigning to which would change the vocabulary).
+  return ml_collections.ConfigDict(model.to_dict() | dict(
+      param_dtype=param_dtype, media_token_id=media_token_id, eoc_token_id=eos))
+
+
+def idefics_config(base: ml_collections.ConfigDict, path, *,
+                   image_token_id: int | None = None) -> ml_collections.ConfigDict:
+  """A copy of `base` whose model section is `model_section` of the IDEFICS checkpoint at
+  `path` (its config.json); base's other sections, and its model's dtypes, remat and layer
+  scan, are kept. image_token_id: `<image>`'s id, default the tokenizer.json's."""
+  path = pathlib.Path(path)
   config = copy.deepcopy(base)
-  config.model = ml_collections.ConfigDict(model.to_dict() | dict(
-      param_dtype=base.model.param_dtype, media_token_id=media, eoc_token_id=eos))
+  m = base.model
+  config.model = model_section(
+      json.loads((path / "config.json").read_text()),
+      _image_token_id(path) if image_token_id is None else image_token_id, dtype=m.dtype,
+      param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers)
   return config
 
 
