@@ -65,7 +65,8 @@ def task_seed(seed: int, name: str) -> int:
 def normalize(batch: dict, mean, std) -> dict:
   """uint8 images -> float32 (x / 255 - mean) / std, in the tf.data pipeline."""
   images = tf.cast(batch["images"], tf.float32) / 255.0
-  return {**batch, "images": (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)}
+  normalised = (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+  return {**batch, "images": normalised}
 
 
 class MixtureIterator:
