@@ -230,6 +230,23 @@ def test_an_lm_sliding_window_holds_in_the_forward_and_the_cache(tiny_config, ti
                              atol=5e-4)
 
 
+def test_fused_attention_gives_the_same_model(tiny_config, tiny_model):
+  """model.attention_kind="fused" (LM, gated blocks, resampler through
+  jax.nn.dot_product_attention): the full pass and cached decoding give the materialised
+  model's logits within float32 rounding, text before the first image (no image to attend)
+  included."""
+  config = tiny_config.copy_and_resolve_references()
+  config.model.attention_kind = "fused"
+  fused, _ = flamingo_jax.create(config, jax.random.key(0))
+  model, params = tiny_model
+  params = open_gates(params)
+  images, tokens = interleaved_batch(config)
+  full = model.apply({"params": params}, images, tokens)
+  np.testing.assert_allclose(fused.apply({"params": params}, images, tokens), full, atol=1e-4)
+  np.testing.assert_allclose(cached_logits(fused, params, config, images, tokens)[0], full,
+                             atol=5e-4)
+
+
 def test_all_previous_media_mode_changes_the_model(tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.model.xattn.media_mode = "all_previous"

@@ -122,3 +122,31 @@ def test_bfloat16_relative_position_scores_come_out_in_float32():
             if {5, 7} <= set(eqn.outvars[0].aval.shape)]
   assert len(scores) == 2, scores  # (q + u).k and (q + v).W_r r.
   assert all(aval.dtype == jnp.float32 for aval in scores), scores
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi", "relative", "none"])
+def test_fused_attention_equals_materialized(position):
+  """attention_kind="fused" (jax.nn.dot_product_attention) gives the materialised weights'
+  output within float32 rounding, through the full pass and the decoding cache's: grouped-query
+  heads, each position scheme's bias, a causal mask with left padding. (A padding query, which
+  sees no key, is left out: what it gets is never read, and a gated block zeroes such rows.)"""
+  kw = dict(num_heads=6, head_dim=8, num_kv_heads=2, position=position)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 16))
+  positions = jnp.array([[0, 1, 2, 3, 4, 5, 6], [-1, -1, 0, 1, 2, 3, 4]])
+  kv = positions[:, None, :]
+  mask = ((kv >= 0) & (kv <= positions[:, :, None]))[:, None]
+  seen = np.asarray(positions >= 0)
+  materialized = attention.MultiHeadAttention(**kw)
+  fused = attention.MultiHeadAttention(**kw, attention_kind="fused")
+  params = materialized.init(jax.random.key(1), x, x, mask, positions, positions)
+  out = [np.asarray(m.apply(params, x, x, mask, positions, positions))[seen]
+         for m in (materialized, fused)]
+  np.testing.assert_allclose(out[1], out[0], atol=2e-6)
+  cache = attention.KVCache.zeros(2, 9, 2, 8)
+  kv_positions = jnp.pad(positions, ((0, 0), (0, 2)), constant_values=-1)
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, 2)))
+  step = [np.asarray(m.apply(params, x, mask, positions, kv_positions, cache, 0,
+                             method=attention.MultiHeadAttention.extend)[0])[seen]
+          for m in (materialized, fused)]
+  np.testing.assert_allclose(step[1], step[0], atol=2e-6)
+  np.testing.assert_allclose(step[0], out[0], atol=2e-6)

@@ -90,6 +90,8 @@ def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
       activation="squared_relu", kv_norm=True, media_mode="last", norm_eps=1e-5,
       norm_type="layer", qk_norm="none", gated_mlp=False, gate="scalar",
       media_reset_token_id=-1) | xattn)
+  # How attention is computed: "materialized" or "fused" (flamingo_jax.layers.attention).
+  c.attention_kind = "materialized"
   c.media_token_id = c.lm.get_ref("vocab_size")
   c.eoc_token_id = c.lm.get_ref("vocab_size") + 1
   c.trainable = TRAINABLE

@@ -43,6 +43,7 @@ class GatedCrossAttentionBlock(nn.Module):
   qk_norm: str = "none"
   gated_mlp: bool = False
   gate: str = "scalar"
+  attention_kind: str = "materialized"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -50,8 +51,9 @@ class GatedCrossAttentionBlock(nn.Module):
     if self.gate not in GATES:
       raise ValueError(f"Unknown gate {self.gate!r}; choose from {GATES}.")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.attention = MultiHeadAttention(self.num_heads, self.head_dim, qk_norm=self.qk_norm,
-                                        qk_norm_eps=self.norm_eps, **kw)
+    self.attention = MultiHeadAttention(
+        self.num_heads, self.head_dim, qk_norm=self.qk_norm, qk_norm_eps=self.norm_eps,
+        attention_kind=self.attention_kind, **kw)
     if self.kv_norm:
       self.media_norm = make_norm("layer", eps=self.norm_eps, name="kv_norm", **kw)
     self.norm = make_norm(self.norm_type, eps=self.norm_eps, **kw)

@@ -46,7 +46,8 @@ NUM_SPECIAL_TOKENS = 2  # <image>, <EOC>
 def lm_config(model_config) -> LMConfig:
   """The frozen LM's config, extended by the learned `<image>` and `<EOC>` rows, and by any
   further new rows that `model.lm.num_extra_tokens` asks for (OpenFlamingo's `<PAD>`)."""
-  config = LMConfig.from_dict({"num_extra_tokens": NUM_SPECIAL_TOKENS, **model_config.lm})
+  config = LMConfig.from_dict({"num_extra_tokens": NUM_SPECIAL_TOKENS, **model_config.lm,
+                               "attention_kind": attention_kind(model_config)})
   if config.num_extra_tokens < NUM_SPECIAL_TOKENS:
     raise ValueError(f"model.lm.num_extra_tokens is {config.num_extra_tokens}, but <image> and "
                      f"<EOC> need {NUM_SPECIAL_TOKENS} new rows.")
@@ -77,7 +78,14 @@ def gated_block(model_config) -> GatedCrossAttentionBlock:
   fields = {k: v for k, v in model_config.xattn.items() if k not in XATTN_LAYOUT_FIELDS}
   dtype, param_dtype = dtypes(model_config)
   return remat(GatedCrossAttentionBlock, model_config.remat)(
-      **fields, dtype=dtype, param_dtype=param_dtype)
+      **fields, attention_kind=attention_kind(model_config), dtype=dtype,
+      param_dtype=param_dtype)
+
+
+def attention_kind(model_config) -> str:
+  """How the LM, the gated blocks and the resampler compute attention (`model.attention_kind`:
+  layers.attention.ATTENTION_KINDS; configs saved before the switch materialise it)."""
+  return model_config.get("attention_kind", "materialized")
 
 
 def media_reset_token_id(model_config) -> int:
@@ -239,7 +247,8 @@ class Flamingo(nn.Module):
     c = self.config
     dtype, param_dtype = dtypes(c)
     self.vision_encoder = make_vision_encoder(c.vision, dtype, param_dtype)
-    self.resampler = PerceiverResampler(**c.resampler, dtype=dtype, param_dtype=param_dtype)
+    self.resampler = PerceiverResampler(**c.resampler, attention_kind=attention_kind(c),
+                                        dtype=dtype, param_dtype=param_dtype)
     # Blocks that the layer scan runs are set up here too, but only those called get parameters.
     self.lm = DecoderLM(lm_config(c), dtype, param_dtype, c.remat)
     self.gated_xattn = [gated_block(c) for _ in xattn_layer_indices(c)]

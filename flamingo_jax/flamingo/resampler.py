@@ -45,6 +45,7 @@ class PerceiverLayer(nn.Module):
   activation: str
   norm_eps: float
   qk_norm: str = "none"
+  attention_kind: str = "materialized"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -57,7 +58,7 @@ class PerceiverLayer(nn.Module):
     mask = jnp.ones((1, 1, queries.shape[1], kv.shape[1]), bool)
     attended = MultiHeadAttention(
         self.num_heads, self.head_dim, qk_norm=self.qk_norm, qk_norm_eps=self.norm_eps,
-        name="attention", **kw)(queries, kv, mask)
+        attention_kind=self.attention_kind, name="attention", **kw)(queries, kv, mask)
     latents = latents + attended
     return latents + FeedForward(self.mlp_ratio, self.activation, self.norm_eps, name="ffw",
                                  **kw)(latents)
@@ -98,6 +99,7 @@ class PerceiverResampler(nn.Module):
   norm_eps: float
   temporal_embedding: bool = True
   qk_norm: str = "none"
+  attention_kind: str = "materialized"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -120,8 +122,8 @@ class PerceiverResampler(nn.Module):
     x = jnp.broadcast_to(jnp.asarray(latents, self.dtype), (b * m, self.num_latents, self.dim))
     for i in range(self.depth):
       layer = PerceiverLayer(self.num_heads, self.head_dim, self.mlp_ratio, self.activation,
-                             self.norm_eps, self.qk_norm, self.dtype, self.param_dtype,
-                             name=f"layers_{i}")
+                             self.norm_eps, self.qk_norm, self.attention_kind, self.dtype,
+                             self.param_dtype, name=f"layers_{i}")
       x = layer(x, features)
     x = make_norm("layer", eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                   name="final_norm")(x)

@@ -21,6 +21,10 @@ from flamingo_jax.layers.norms import make_norm
 NEG_INF = -1e30  # Finite, so an all-masked row gives a uniform softmax rather than NaN.
 POSITIONS = ("none", "rope", "alibi", "relative")
 QK_NORMS = ("none", "layer", "rms")
+# "materialized": the [Lq, Lk] weights computed here (and sown for inspection); "fused":
+# jax.nn.dot_product_attention, which takes cuDNN's flash attention on a GPU where it applies
+# and XLA's elsewhere, with no weights to inspect.
+ATTENTION_KINDS = ("materialized", "fused")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 
 
@@ -202,6 +206,8 @@ class MultiHeadAttention(nn.Module):
   clip_qkv: clip the projected queries, keys and values to [-clip_qkv, clip_qkv] (MPT).
   qk_norm: "layer" or "rms" normalises each head's projected query and key over its Dh
   features (IDEFICS's `qk_layer_norms`), before any rotary embedding; "none" leaves them.
+  attention_kind: how the weights are computed (`ATTENTION_KINDS`); the same result within
+  rounding.
   """
   num_heads: int
   head_dim: int
@@ -214,10 +220,14 @@ class MultiHeadAttention(nn.Module):
   clip_qkv: float | None = None
   qk_norm: str = "none"
   qk_norm_eps: float = 1e-5
+  attention_kind: str = "materialized"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
+    if self.attention_kind not in ATTENTION_KINDS:
+      raise ValueError(f"Unknown attention kind {self.attention_kind!r}; choose from "
+                       f"{ATTENTION_KINDS}.")
     if self.position not in POSITIONS:
       raise ValueError(f"Unknown attention position scheme {self.position!r}; choose from "
                        f"{POSITIONS}.")
@@ -305,10 +315,14 @@ class MultiHeadAttention(nn.Module):
     The one compact method: the output projection is as wide as the queries' inputs, which
     only a call shows; the other projections are set up.
     """
-    weights = attention_weights(q, k.astype(q.dtype), mask, bias)
-    # For inspection only: kept when "intermediates" is mutable in `apply`, else a no-op.
-    self.sow("intermediates", "attention_weights", weights)
-    out = attend(weights, v.astype(q.dtype))
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if self.attention_kind == "fused":
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    else:
+      weights = attention_weights(q, k, mask, bias)
+      # For inspection only: kept when "intermediates" is mutable in `apply`, else a no-op.
+      self.sow("intermediates", "attention_weights", weights)
+      out = attend(weights, v)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return Projection((width,), ("heads", "kv", "embed"), self.out_bias, self.dtype,
                       self.param_dtype, name="out")(out)

@@ -54,6 +54,7 @@ class LMConfig:
   rope_high_freq_factor: float = 4.0
   rope_original_max_length: int = 8192
   sliding_window: int = 0            # Mistral: a token sees the last w tokens; 0: all before it.
+  attention_kind: str = "materialized"  # "fused": layers.attention.ATTENTION_KINDS.
   alibi_bias_max: float = 8.0        # MPT: sets the ALiBi slopes.
   clip_qkv: float | None = None      # MPT: clip q, k, v to [-clip_qkv, clip_qkv].
   max_length: int = 2048             # Learned position table size.
@@ -142,7 +143,7 @@ class DecoderBlock(nn.Module):
         num_heads=c.num_heads, head_dim=c.dh, num_kv_heads=c.num_kv_heads,
         qkv_bias=c.qkv_bias, out_bias=c.out_bias,
         position=c.position if c.position in ("rope", "relative", "alibi") else "none",
-        rope=c.rope, alibi_bias_max=c.alibi_bias_max,
+        rope=c.rope, alibi_bias_max=c.alibi_bias_max, attention_kind=c.attention_kind,
         clip_qkv=c.clip_qkv, dtype=self.dtype, param_dtype=self.param_dtype)
     self.mlp_norm = norm()
     self.mlp = Mlp(c.mlp_dim, c.activation, c.gated_mlp, c.mlp_bias, self.dtype, self.param_dtype)
