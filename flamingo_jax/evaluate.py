@@ -13,7 +13,8 @@ prediction, to --output as JSON. Predictions are also appended to --output's `.p
 as each batch finishes: a run stopped half-way and started again with the same flags resumes
 where it stopped. Without --checkpoint the model has random weights (a dry run of the
 pipeline). Text goes through --vocabulary, else the checkpoint's `tokenizer.json` when it has
-one, else the config's vocabulary (`config.data.vocabulary`).
+one, else the config's vocabulary (`config.data.vocabulary`). An IDEFICS checkpoint
+(`checkpoints.convert --from idefics`) takes --style=idefics: its own prompts and decoding.
 """
 
 import dataclasses
@@ -33,7 +34,7 @@ import numpy as np
 from flamingo_jax import distributed, sharding
 from flamingo_jax.checkpoints import orbax_io
 from flamingo_jax.data import tokenizer
-from flamingo_jax.evaluation import harness, metrics, prompts
+from flamingo_jax.evaluation import harness, metrics
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS
 from flamingo_jax.flamingo import factory
 
@@ -46,7 +47,8 @@ flags.DEFINE_list("shots", ["0", "4", "8", "16", "32"], "Support examples per qu
 flags.DEFINE_string("vocabulary", None, "SentencePiece model, tokenizer.json or 'byte' "
                     "(default: the checkpoint's tokenizer.json, else the config's).")
 flags.DEFINE_string("output", None, "JSON results (default: eval_<benchmark>.json here).")
-flags.DEFINE_enum("style", "open_flamingo", sorted(prompts.FORMATS), "Prompt formats.")
+flags.DEFINE_enum("style", "open_flamingo", sorted(harness.STYLES),
+                  "Prompt formats (idefics: an IDEFICS checkpoint's prompts and decoding).")
 flags.DEFINE_enum("selection", "random", ["random", "rices"], "How support examples are picked.")
 flags.DEFINE_integer("batch_size", 8, "Queries per batch.")
 flags.DEFINE_integer("num_samples", 0, "Queries to evaluate, a seeded subset (0: all).")

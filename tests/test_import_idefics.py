@@ -49,13 +49,14 @@ def tokenizer(directory):
   return fast
 
 
-def reference_model(alpha_type: str, qk_norms: bool, seed: int = 0):
+def reference_model(alpha_type: str, qk_norms: bool, seed: int = 0, vocab_size: int = VOCAB,
+                    eos: int = EOS):
   """A float32 IdeficsForVisionText2Text with every parameter drawn at random (`randomize`)."""
   config = transformers.IdeficsConfig(
-      vocab_size=VOCAB, additional_vocab_size=2, hidden_size=64, intermediate_size=96,
+      vocab_size=vocab_size, additional_vocab_size=2, hidden_size=64, intermediate_size=96,
       num_hidden_layers=4, num_attention_heads=4, cross_layer_interval=2,
       alpha_type=alpha_type, qk_layer_norms=qk_norms, use_resampler=True,
-      bos_token_id=1, eos_token_id=EOS, pad_token_id=0,
+      bos_token_id=1, eos_token_id=eos, pad_token_id=0,
       vision_config=dict(embed_dim=32, image_size=SIZE, intermediate_size=48, patch_size=8,
                          num_hidden_layers=2, num_attention_heads=4),
       perceiver_config=dict(use_resampler=True, resampler_n_latents=4, resampler_depth=2,

@@ -6,6 +6,10 @@ stop token (`<EOC>`) compete for the finished pool under the length penalty, the
 others stay live (at most K candidates end in the stop token, so K always remain). At the end
 the live hypotheses join the finished pool. Scores are Hugging Face's: the sum of token log
 probabilities divided by (number of tokens) ** length_penalty.
+
+`banned` token sequences are never completed, as transformers' `bad_words_ids` (its
+NoBadWordsLogitsProcessor) rules: a sequence's last token gets no probability where the tokens
+before it (the prompt's, then the hypothesis's) end with the rest of it.
 """
 
 import functools
@@ -20,6 +24,18 @@ def normalised(log_prob, length, length_penalty: float):
   return log_prob / jnp.asarray(length, jnp.float32) ** length_penalty
 
 
+def ban(log_probs, history, banned: tuple[tuple[int, ...], ...]):
+  """log_probs [N, V] with each banned sequence's last token at -inf in the rows whose
+  history [N, H] (the latest tokens, H >= the longest sequence's length - 1) ends with the
+  sequence's other tokens."""
+  for sequence in banned:
+    *prefix, last = sequence
+    matches = jnp.all(history[:, history.shape[1] - len(prefix):] == jnp.asarray(
+        prefix, history.dtype), axis=1) if prefix else jnp.ones(history.shape[:1], bool)
+    log_probs = log_probs.at[:, last].set(jnp.where(matches, -jnp.inf, log_probs[:, last]))
+  return log_probs
+
+
 def best(scores, *arrays, k: int):
   """The k best of `scores` [B, N] and the matching rows of each array [B, N, ...]."""
   top, index = jax.lax.top_k(scores, k)
@@ -28,12 +44,14 @@ def best(scores, *arrays, k: int):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size",
-                                             "length_penalty", "stop_token"))
+                                             "length_penalty", "stop_token", "banned"))
 def beam_search(model, params, visual, tokens, max_new_tokens: int, *, beam_size: int,
-                length_penalty: float = 1.0, stop_token: int | None = None, positions=None):
+                length_penalty: float = 1.0, stop_token: int | None = None, positions=None,
+                banned: tuple[tuple[int, ...], ...] = ()):
   """visual [B, M, R, D] (`generate.encode`); prompts tokens [B, L] (left-padded with
   `positions`, see flamingo_jax.decode.generate) -> (sequences [B, K, max_new_tokens] int32,
-  scores [B, K]), best first. A finished sequence is filled with the stop token after it ends.
+  scores [B, K]), best first. A finished sequence is filled with the stop token after it ends;
+  no sequence completes one of `banned` (module docstring).
   """
   k = beam_size
   logits, state, next_positions = prefill(model, params, visual, tokens, positions,
@@ -48,11 +66,19 @@ def beam_search(model, params, visual, tokens, max_new_tokens: int, *, beam_size
   live_scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(batch, axis=0)
   done_seqs = live_seqs
   done_scores = jnp.full((batch, k), -jnp.inf)
+  # The prompt's last tokens, before each beam's own: what a banned sequence's start matches.
+  reach = max((len(b) - 1 for b in banned), default=0)
+  prompt_tail = jnp.broadcast_to(tokens[:, None, tokens.shape[1] - reach:], (batch, k, reach))
 
   def select(t, logits, live_seqs, live_scores, done_seqs, done_scores):
     """Step t's choice from logits [B * K, V]: the new live and finished hypotheses, and the
     flat rows the live ones continue."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    if banned:
+      history = jax.lax.dynamic_slice_in_dim(
+          jnp.concatenate([prompt_tail, live_seqs], axis=2), t, reach, axis=2)
+      log_probs = ban(log_probs, history.reshape(batch * k, reach), banned)
+    log_probs = log_probs.reshape(batch, k, vocab)
     candidates = (live_scores[..., None] + log_probs).reshape(batch, k * vocab)
     scores, index = jax.lax.top_k(candidates, 2 * k)
     origin, token = index // vocab, (index % vocab).astype(jnp.int32)

@@ -20,7 +20,8 @@ skip the batches an earlier, interrupted run finished (`done`) and hands each ba
 predictions to `on_batch` as they come, which is how the CLI resumes.
 
 `Settings.for_style` gives a style's settings: "paper" adds the paper's permutation ensemble
-and its video clips (30 frames at 3 FPS) to its prompts.
+and its video clips (30 frames at 3 FPS) to its prompts; "idefics" prompts, decodes and reads
+answers as IDEFICS's evaluation does (idefics_prompts.py: captioning and VQA).
 """
 
 import collections
@@ -41,8 +42,8 @@ import tqdm
 from flamingo_jax import sharding
 from flamingo_jax.data import media as media_lib
 from flamingo_jax.decode import encode, left_pad
-from flamingo_jax.evaluation import (binding, generation, media_cache, placement, prompts, rices,
-                                     scoring)
+from flamingo_jax.evaluation import (binding, generation, idefics_prompts, media_cache, placement,
+                                     prompts, rices, scoring)
 from flamingo_jax.evaluation.benchmarks import BENCHMARKS, Benchmark
 from flamingo_jax.evaluation.datasets import Example
 
@@ -52,13 +53,15 @@ Evaluator = Callable[[jax.Array, jax.Array, jax.Array], list[Any] | np.ndarray]
 
 
 FRAME_SAMPLINGS = ("spread", "rate")
+STYLES = (*prompts.FORMATS, "idefics")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """style: prompt formats, "open_flamingo" or "paper"; selection: "random" or "rices";
+  """style: prompt formats, one of STYLES; selection: "random" or "rices";
   num_samples: queries to evaluate, a seeded random subset (0: all); max_new_tokens: 0 for the
-  task's default; candidate_chunk: class names scored per call; permutations: orders of the
+  task's default; zero_shot_examples: text-only support examples of a zero-shot prompt;
+  candidate_chunk: class names scored per call; permutations: orders of the
   shots whose class log-likelihoods a close-ended prediction averages (at most shots!, the
   chosen order first); vqa_rule: `metrics.VQA_RULES`.
   Video: frame_sampling "spread" takes num_frames spread evenly over the video's frames; "rate"
@@ -75,6 +78,7 @@ class Settings:
   max_new_tokens: int = 0
   beam_size: int = 3
   length_penalty: float = 0.0
+  zero_shot_examples: int = prompts.ZERO_SHOT_TEXT_EXAMPLES
   candidate_chunk: int = 128
   permutations: int = 1
   frame_sampling: str = "spread"
@@ -90,11 +94,16 @@ class Settings:
   def for_style(cls, style: str, **overrides) -> "Settings":
     """The settings of a prompt style, then `overrides`. "paper", as the paper evaluates:
     close-ended scores ensembled over 6 orders of the shots, and video clips of 30 frames at
-    3 FPS (the resampler's temporal embeddings, trained on 8 frames at 1 FPS, interpolated)."""
-    if style not in prompts.FORMATS:
-      raise ValueError(f"Unknown prompt style {style!r}; choose from {sorted(prompts.FORMATS)}.")
-    paper = dict(permutations=6, frame_sampling="rate", num_frames=30, clip_fps=3.0)
-    return cls(style=style, **{**(paper if style == "paper" else {}), **overrides})
+    3 FPS (the resampler's temporal embeddings, trained on 8 frames at 1 FPS, interpolated).
+    "idefics", as IDEFICS's evaluation generates (idefics_prompts.py), with no zero-shot
+    support examples."""
+    own = {"paper": dict(permutations=6, frame_sampling="rate", num_frames=30, clip_fps=3.0),
+           "idefics": dict(beam_size=idefics_prompts.BEAM_SIZE,
+                           max_new_tokens=idefics_prompts.MAX_NEW_TOKENS,
+                           length_penalty=idefics_prompts.LENGTH_PENALTY, zero_shot_examples=0)}
+    if style not in STYLES:
+      raise ValueError(f"Unknown prompt style {style!r}; choose from {sorted(STYLES)}.")
+    return cls(style=style, **{**own.get(style, {}), **overrides})
 
 
 def support_answer(classes, example: Example) -> str:
@@ -112,11 +121,12 @@ def bucket(length: int, multiple: int = 16) -> int:
 
 def select_support(settings: Settings, shots: int, queries: list[Example], support: list[Example],
                    rices_features, rng: np.random.Generator, episodic: bool = False) -> np.ndarray:
-  """Support indices [Q, n]: zero shots take two random text-only examples (for an episodic
-  benchmark, from any episode: their words say nothing about the query's). `rices_features()`
-  -> the queries' and the support's RICES features ([Q, C], [N, C]), asked for only by RICES."""
+  """Support indices [Q, n]: zero shots take `settings.zero_shot_examples` random text-only
+  examples (for an episodic benchmark, from any episode: their words say nothing about the
+  query's). `rices_features()` -> the queries' and the support's RICES features ([Q, C],
+  [N, C]), asked for only by RICES."""
   if shots == 0:
-    return rices.random_support(len(queries), len(support), prompts.ZERO_SHOT_TEXT_EXAMPLES, rng)
+    return rices.random_support(len(queries), len(support), settings.zero_shot_examples, rng)
   if episodic:
     return binding.episode_support(queries, shots)
   if settings.selection == "rices":
@@ -137,18 +147,34 @@ def shot_orders(count: int, permutations: int, rng: np.random.Generator) -> list
   return orders
 
 
+def idefics_template(benchmark: Benchmark, vocabulary: seqio.Vocabulary,
+                     config: ml_collections.ConfigDict) -> idefics_prompts.Template:
+  """The IDEFICS prompt template of the benchmark's task, once the vocabulary is checked to be
+  an IDEFICS checkpoint's."""
+  if benchmark.task not in idefics_prompts.TEMPLATES:
+    raise ValueError(f"The idefics style has prompts for {sorted(idefics_prompts.TEMPLATES)}, "
+                     f"not {benchmark.task}.")
+  idefics_prompts.check_vocabulary(vocabulary, int(config.model.media_token_id))
+  return idefics_prompts.TEMPLATES[benchmark.task]
+
+
 def evaluator(model, params, config: ml_collections.ConfigDict, vocabulary: seqio.Vocabulary,
-              benchmark: Benchmark, format_: prompts.Format, classes, settings: Settings,
-              batch: placement.Placement) -> Evaluator:
+              benchmark: Benchmark, format_: prompts.Format | idefics_prompts.Template,
+              classes, settings: Settings, batch: placement.Placement) -> Evaluator:
   """The evaluator of the benchmark's kind, with its settings: close-ended scoring for
-  classification (its class log-likelihoods [B, C]), generation for every other task."""
+  classification (its class log-likelihoods [B, C]), generation for every other task, its
+  answers read as the style reads them."""
   if benchmark.task == "classification":
     return lambda visual, tokens, positions: scoring.class_log_likelihoods(
         model, params, visual, tokens, positions, classes, format_, vocabulary,
         settings.candidate_chunk, batch.replicate)
+  if isinstance(format_, idefics_prompts.Template):
+    answer, banned = format_.answer, idefics_prompts.banned_sequences(vocabulary)
+  else:
+    answer, banned = functools.partial(prompts.postprocess, kind=benchmark.task), ()
   return functools.partial(
-      generation.generate_answers, model, params, task=benchmark.task, vocabulary=vocabulary,
-      stop_token=int(config.model.eoc_token_id),
+      generation.generate_answers, model, params, answer=answer, banned=banned,
+      vocabulary=vocabulary, stop_token=int(config.model.eoc_token_id),
       max_new_tokens=settings.max_new_tokens or generation.MAX_NEW_TOKENS[benchmark.task],
       beam_size=settings.beam_size, length_penalty=settings.length_penalty)
 
@@ -174,8 +200,11 @@ class Evaluation:
     self.support = (None if self.episodic
                     else benchmark.read(data_dir, benchmark.support_split))
     self.classes = benchmark.classes(data_dir) if benchmark.classes else None
-    style = prompts.FORMATS[settings.style]
-    self.format = style[name] if name in style else style[benchmark.task]
+    if settings.style == "idefics":
+      self.format = idefics_template(benchmark, vocabulary, config)
+    else:
+      style = prompts.FORMATS[settings.style]
+      self.format = style[name] if name in style else style[benchmark.task]
     self.loader = media_lib.MediaLoader(config.model)
     self.batch = placement.Placement(sharding.params_mesh(params), sharding.rules(config),
                                      settings.batch_size)
@@ -224,9 +253,11 @@ class Evaluation:
 
   def prompt(self, query: Example, shown: list[Example], text_only: bool) -> list[int]:
     """The prompt's tokens: the support examples `shown`, then the query."""
-    return prompts.prompt_tokens(
-        self.format, [(s.question, support_answer(self.classes, s)) for s in shown],
-        query.question, self.vocabulary, text_only_support=text_only)
+    support = [(s.question, support_answer(self.classes, s)) for s in shown]
+    if isinstance(self.format, idefics_prompts.Template):
+      return idefics_prompts.prompt_tokens(self.format, support, query.question, self.vocabulary)
+    return prompts.prompt_tokens(self.format, support, query.question, self.vocabulary,
+                                 text_only_support=text_only)
 
   def inputs(self, prompt_list: list[list[int]], media: list[list[Example]], length: int):
     """A batch's prompts [B] and each one's media [B][M] -> global arrays: visual tokens
