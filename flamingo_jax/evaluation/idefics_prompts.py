@@ -30,6 +30,8 @@ import re
 import numpy as np
 import seqio
 
+from flamingo_jax.data import preprocess
+
 IMAGE = "<fake_token_around_image><image><fake_token_around_image>"
 MEDIA_TOKEN = "<image>"
 # Never generated (m4's `bad_words`): a newline would start the next example.
@@ -84,8 +86,9 @@ def check_vocabulary(vocabulary: seqio.Vocabulary, media_token_id: int) -> None:
 def prompt_tokens(template: Template, support: list[tuple[str | None, str]],
                   query: str | None, vocabulary: seqio.Vocabulary) -> np.ndarray:
   """int32 [n]: the BOS, then `Template.text` tokenised whole."""
-  bos = [] if vocabulary.bos_id is None else [vocabulary.bos_id]
-  return np.asarray(bos + vocabulary.encode(template.text(support, query)), np.int32)
+  bos = preprocess.special_ids(vocabulary).bos
+  text = vocabulary.encode(template.text(support, query))
+  return np.asarray(([] if bos is None else [bos]) + text, np.int32)
 
 
 def banned_sequences(vocabulary: seqio.Vocabulary) -> tuple[tuple[int, ...], ...]:
