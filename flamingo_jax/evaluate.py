@@ -65,7 +65,7 @@ flags.DEFINE_float("frames_fps", 3.0, "Rate the video benchmarks' frames were ex
 flags.DEFINE_list("mesh", None, "data,fsdp,tensor sizes of the device mesh (-1: the devices "
                   "left; default: the config's mesh).")
 flags.DEFINE_string("frozen_dtype", None, "dtype of the frozen parameters, e.g. bfloat16 "
-                    "(default: the config's param_dtype).")
+                    "(default: the config's train.frozen_dtype, which config.precision sets).")
 flags.mark_flags_as_required(["benchmark", "data_dir"])
 
 

@@ -27,6 +27,11 @@ def test_derived_fields_follow_overrides(tiny_config):
   config.model.lm.num_heads = 8
   assert config.model.media_token_id == 300 and config.model.eoc_token_id == 301
   assert config.model.xattn.num_heads == 8
+  # Overriding a derived field leaves the field it derives from.
+  config.model.media_token_id = 7
+  config.model.xattn.num_heads = 2
+  assert config.model.lm.vocab_size == 300 and config.model.eoc_token_id == 301
+  assert config.model.lm.num_heads == 8
 
 
 def test_save_and_load_round_trip(tmp_path, tiny_config, tiny_model):

@@ -117,10 +117,8 @@ def model_section(hf: dict, media_token_id: int, *, dtype: str = "float32",
       vision=vision, lm=lm, resampler=resampler, xattn=xattn, dtype=dtype,
       image_preprocessing=dict(CLIP_PREPROCESSING, resize="square"), remat=remat,
       scan_layers=scan_layers)
-  # Plain values: the token ids are IDEFICS's, not model_config's references to the vocabulary
-  # size (assigning to which would change the vocabulary).
-  return ml_collections.ConfigDict(model.to_dict() | dict(
-      param_dtype=param_dtype, media_token_id=media_token_id, eoc_token_id=eos))
+  model.update(param_dtype=param_dtype, media_token_id=media_token_id, eoc_token_id=eos)
+  return model
 
 
 def idefics_config(base: ml_collections.ConfigDict, path, *,

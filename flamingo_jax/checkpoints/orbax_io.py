@@ -55,9 +55,9 @@ def placement(config: ml_collections.ConfigDict, mesh: Mesh, frozen_dtype: str |
   """The parameters of `config` (in its layout) as ShapeDtypeStructs, nothing allocated: each
   placed on `mesh` by its logical axes (`config.partitioning.rules`, as training places them),
   the frozen ones (`config.model.trainable`) in `frozen_dtype` (default:
-  `config.model.param_dtype`)."""
+  `config.train.frozen_dtype`, which `config.precision` sets)."""
   abstract, axes = abstract_params_and_axes(build_model(config), config)
-  frozen_dtype = jnp.dtype(frozen_dtype or config.model.param_dtype)
+  frozen_dtype = jnp.dtype(frozen_dtype or config.train.frozen_dtype)
 
   def placed(path, x, place):
     trainable = is_trainable("/".join(k.key for k in path), config.model.trainable)
@@ -84,8 +84,8 @@ def load(directory, config: ml_collections.ConfigDict | None = None, mesh: Mesh 
   """(model, params, config) from a directory written by `save`: params in the layout of
   `config`, by default the stored config (another config must give the same parameter shapes: a
   dtype, the layer scan or the data may differ), sharded over `mesh` (default: this host's first
-  device) as `restore` places them, the frozen ones in `frozen_dtype` ("bfloat16" halves their
-  memory, as the paper trains them)."""
+  device) as `restore` places them, the frozen ones in `frozen_dtype` (default: the config's
+  `train.frozen_dtype`; "bfloat16" halves their memory, as the paper trains them)."""
   config = load_config_json(directory) if config is None else config
   # The checkpoint's own shardings name the devices it was written from, which another machine
   # (or device count) does not have: the placement is always this run's.

@@ -46,6 +46,28 @@ LITE0 = dict(repeats=(1, 2, 2, 3, 3, 4, 1), widths=(16, 24, 40, 80, 112, 192, 32
              expand_ratios=(1, 6, 6, 6, 6, 6, 6))
 
 
+# `config.precision` (`set_precision`): float32 throughout, or the paper's mixed precision.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def set_precision(config: ml_collections.ConfigDict, precision: str) -> None:
+  """Makes `config.precision` the one switch of the paper's mixed precision, which
+  `model.dtype` and `train.frozen_dtype` follow.
+
+  "bfloat16": activations and their gradients in bfloat16 (`model.dtype`), the frozen weights
+  stored in it (`train.frozen_dtype`); "float32": both in float32. Under either, the trained
+  parameters and the optimiser state are `model.param_dtype` (float32), and softmax, the norms'
+  statistics, the loss and the logits are float32 (flamingo_jax.layers, lm). The two fields
+  follow one way: `--config.precision=bfloat16` moves both, while overriding one alone (float32
+  activations over bfloat16 storage, say) leaves the switch and the other as they are.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+  config.precision = precision
+  config.model.dtype = config.get_oneway_ref("precision")
+  config.train.frozen_dtype = config.get_oneway_ref("precision")
+
+
 def optimizer_config() -> ml_collections.ConfigDict:
   """The paper's optimiser (appendix B.1.2, flamingo_jax.train.optimizer): AdamW, global-norm
   clipping at 1.0, weight decay 0.1 except on the resampler, learning rate warmed up linearly
@@ -86,13 +108,14 @@ def model_config(*, vision: dict, lm: dict, resampler: dict, xattn: dict,
       activation="squared_relu", max_frames=8, norm_eps=1e-5, qk_norm="none") | resampler)
   # The paper's blocks; the switches after norm_eps express IDEFICS's (gated_xattn.py).
   c.xattn = ml_collections.ConfigDict(dict(
-      every=1, start=0, num_heads=c.lm.get_ref("num_heads"), head_dim=128, mlp_ratio=4,
+      every=1, start=0, num_heads=c.lm.get_oneway_ref("num_heads"), head_dim=128, mlp_ratio=4,
       activation="squared_relu", kv_norm=True, media_mode="last", norm_eps=1e-5,
       norm_type="layer", qk_norm="none", gated_mlp=False, gate="scalar",
       media_reset_token_id=-1) | xattn)
   # How attention is computed: "materialized" or "fused" (flamingo_jax.layers.attention).
   c.attention_kind = "materialized"
-  c.media_token_id = c.lm.get_ref("vocab_size")
+  # One-way references (xattn.num_heads's too): overriding an id leaves the LM's vocabulary.
+  c.media_token_id = c.lm.get_oneway_ref("vocab_size")
   c.eoc_token_id = c.lm.get_ref("vocab_size") + 1
   c.trainable = TRAINABLE
   return c
@@ -103,14 +126,13 @@ def training_sections(mesh: dict | None = None, **train) -> dict:
 
   train: steps, logging and checkpoint cadence, microbatches (gradient accumulation within a
   step), loss_normalization (flamingo_jax.train.step.LOSS_NORMALIZATIONS: "per_token", as
-  OpenFlamingo trains, or the paper's "per_sequence"), the frozen parameters' dtype and source,
-  and the paper's optimiser; mesh: sizes of the data / fsdp / tensor axes (-1: the devices
-  left); partitioning: logical axis -> mesh axes.
+  OpenFlamingo trains, or the paper's "per_sequence"), the frozen parameters' source and the
+  paper's optimiser (their dtype comes with `set_precision`); mesh: sizes of the data / fsdp /
+  tensor axes (-1: the devices left); partitioning: logical axis -> mesh axes.
   """
   c = ml_collections.ConfigDict(dict(
       num_steps=500_000, log_every=100, checkpoint_every=1000, keep_checkpoints=3,
       async_checkpoints=True, microbatches=1, loss_normalization="per_token",
-      frozen_dtype="bfloat16",
       frozen=dict(source="init", path="")))
   c.optimizer = optimizer_config()
   c.update(train)
@@ -193,15 +215,16 @@ def paper_data() -> ml_collections.ConfigDict:
 
 def paper_config(lm: dict, xattn_every: int, mesh: dict | None = None) -> ml_collections.ConfigDict:
   """A Flamingo size of the paper: frozen NFNet-F6 at 320 px, the 194M resampler, gated blocks
-  before every `xattn_every`-th block of the frozen `lm`, bfloat16 activations; scanned layers
-  and fully rematerialised blocks, so that the deep LMs compile quickly and fit in memory;
-  `mesh` as in `training_sections` (default: data parallel)."""
+  before every `xattn_every`-th block of the frozen `lm`, the paper's mixed precision
+  (`set_precision`); scanned layers and fully rematerialised blocks, so that the deep LMs
+  compile quickly and fit in memory; `mesh` as in `training_sections` (default: data
+  parallel)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = model_config(vision=nfnet_vision("F6", 320), lm=lm, resampler={},
-                              xattn=dict(every=xattn_every), dtype="bfloat16", remat="full",
-                              scan_layers=True)
+                              xattn=dict(every=xattn_every), remat="full", scan_layers=True)
   config.data = paper_data()
   # Eq. (2): each dataset's expected per-sequence loss, not its per-token mean.
   config.update(training_sections(mesh, loss_normalization="per_sequence"))
+  set_precision(config, "bfloat16")
   return config

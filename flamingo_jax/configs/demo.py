@@ -5,7 +5,8 @@ evaluated few-shot on held-out synthetic tasks. Sized to run in minutes on a 2-c
 
 import ml_collections
 
-from flamingo_jax.configs.base import model_config, optimizer_config, training_sections
+from flamingo_jax.configs.base import (model_config, optimizer_config, set_precision,
+                                       training_sections)
 
 
 # Stage 1 trains a BPE vocabulary of this size on the synthetic text (flamingo_jax.demo).
@@ -52,8 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
           "synthetic_pairs": dict(weight=0.2, batch_size=8, max_length=20, max_images=1),
       },
   ))
-  config.update(training_sections(num_steps=600, log_every=25, checkpoint_every=200,
-                                  frozen_dtype="float32"))
+  config.update(training_sections(num_steps=600, log_every=25, checkpoint_every=200))
+  set_precision(config, "float32")
   config.train.optimizer.update(learning_rate=3e-3, warmup_steps=20)
   # Stage 2: the LM on the mixture's text (flamingo_jax.train.lm_pretraining), with repeated random
   # spans from which its induction heads form: few-shot binding copies a word with them. It

@@ -4,7 +4,7 @@ tasks in the paper's accumulate mixture. For tests and smoke runs; its weights a
 
 import ml_collections
 
-from flamingo_jax.configs.base import model_config, training_sections
+from flamingo_jax.configs.base import model_config, set_precision, training_sections
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -37,9 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
           "synthetic_pairs": dict(weight=0.2, batch_size=8, max_length=48, max_images=1),
       },
   ))
+  config.update(training_sections(num_steps=300, log_every=10, checkpoint_every=100))
   # Float32 throughout, so that sharded and single-device steps agree to rounding.
-  config.update(training_sections(num_steps=300, log_every=10, checkpoint_every=100,
-                                  frozen_dtype="float32"))
+  set_precision(config, "float32")
   config.train.optimizer.warmup_steps = 20
   config.train.optimizer.learning_rate = 3e-3
   return config
