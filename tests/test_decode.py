@@ -10,7 +10,8 @@ import pytest
 
 from flamingo_jax.decode import (beam_search, candidate_log_likelihoods, encode, generate,
                                  left_pad, right_pad)
-from flamingo_jax.decode.generate import filter_logits
+from flamingo_jax.decode.beam import beam_search_from_prefill
+from flamingo_jax.decode.generate import filter_logits, generate_from_prefill, prefill
 
 from test_flamingo import interleaved_batch, open_gates
 
@@ -96,6 +97,23 @@ def test_beam_size_one_is_greedy(setup):
                           length_penalty=0.0, stop_token=stop_token)
     greedy = generate(model, params, visual, prompts, NEW_TOKENS, stop_token=stop_token)
     np.testing.assert_array_equal(seqs[:, 0], greedy)
+
+
+def test_decoding_from_a_prefill_is_decoding(setup):
+  """`prefill`, then `generate_from_prefill` / `beam_search_from_prefill` (what the benchmark
+  times apart: the prompt read, then the cached steps) give `generate`'s and
+  `beam_search`'s outputs."""
+  model, params, _, visual, prompts, stop = setup
+  prefilled = jax.jit(lambda p, v, t: prefill(model, p, v, t, None, NEW_TOKENS - 1))(
+      params, visual, prompts)
+  np.testing.assert_array_equal(
+      generate_from_prefill(model, params, *prefilled, NEW_TOKENS, stop_token=stop),
+      generate(model, params, visual, prompts, NEW_TOKENS, stop_token=stop))
+  for ours, whole in zip(
+      beam_search_from_prefill(model, params, prompts, *prefilled, NEW_TOKENS, beam_size=3,
+                               stop_token=stop),
+      beam_search(model, params, visual, prompts, NEW_TOKENS, beam_size=3, stop_token=stop)):
+    np.testing.assert_array_equal(ours, whole)
 
 
 def test_larger_beams_never_score_below_greedy(setup):

@@ -53,9 +53,24 @@ def beam_search(model, params, visual, tokens, max_new_tokens: int, *, beam_size
   scores [B, K]), best first. A finished sequence is filled with the stop token after it ends;
   no sequence completes one of `banned` (module docstring).
   """
-  k = beam_size
   logits, state, next_positions = prefill(model, params, visual, tokens, positions,
                                           max_new_tokens - 1)
+  return beam_search_from_prefill(model, params, tokens, logits, state, next_positions,
+                                  max_new_tokens, beam_size=beam_size,
+                                  length_penalty=length_penalty, stop_token=stop_token,
+                                  banned=banned)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size",
+                                             "length_penalty", "stop_token", "banned"))
+def beam_search_from_prefill(model, params, tokens, logits, state, next_positions,
+                             max_new_tokens: int, *, beam_size: int,
+                             length_penalty: float = 1.0, stop_token: int | None = None,
+                             banned: tuple[tuple[int, ...], ...] = ()):
+  """`beam_search` after `generate.prefill(..., room=max_new_tokens - 1)` of the prompts
+  tokens [B, L]: from its logits [B, V], decode state and next positions [B], the sequences and
+  scores; the first token's choice, then a cached step a token."""
+  k = beam_size
   batch, vocab = logits.shape
   # Every beam starts from its prompt's caches; the flat batch is prompt-major: row b * K + j.
   rows = jnp.repeat(jnp.arange(batch), k)

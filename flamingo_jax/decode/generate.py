@@ -111,11 +111,25 @@ def generate(model: Flamingo | DecoderLM, params, visual, tokens, max_new_tokens
   filtered by `filter_logits`. After a sequence emits `stop_token` (e.g. `<EOC>`) it keeps
   emitting it.
   """
+  logits, state, next_positions = prefill(model, params, visual, tokens, positions,
+                                          max_new_tokens - 1)
+  return generate_from_prefill(model, params, logits, state, next_positions, max_new_tokens,
+                               stop_token=stop_token, temperature=temperature, top_k=top_k,
+                               top_p=top_p, rng=rng)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_token",
+                                             "temperature", "top_k", "top_p"))
+def generate_from_prefill(model: Flamingo | DecoderLM, params, logits, state, next_positions,
+                          max_new_tokens: int, *, stop_token: int | None = None,
+                          temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                          rng=None):
+  """`generate` after `prefill(..., room=max_new_tokens - 1)`: from its logits [B, V], decode
+  state and next positions [B], the new tokens [B, max_new_tokens]: the first chosen from the
+  logits, each other one a cached step."""
   if temperature and rng is None:
     raise ValueError("Sampling (temperature > 0) needs an rng.")
   rng = jax.random.key(0) if rng is None else rng
-  logits, state, next_positions = prefill(model, params, visual, tokens, positions,
-                                          max_new_tokens - 1)
   pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p)
   first = pick(logits, jax.random.fold_in(rng, 0))
 
@@ -129,6 +143,6 @@ def generate(model: Flamingo | DecoderLM, params, visual, tokens, max_new_tokens
       next_token = jnp.where(done, stop_token, next_token)
     return (next_token, state, done), next_token
 
-  done = jnp.zeros(tokens.shape[:1], bool)
+  done = jnp.zeros(first.shape, bool)
   _, rest = jax.lax.scan(step, (first, state, done), jnp.arange(1, max_new_tokens))
   return jnp.concatenate([first[:, None], rest.T], axis=1)
