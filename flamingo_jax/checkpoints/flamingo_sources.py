@@ -30,7 +30,6 @@ from flamingo_jax.checkpoints import engine, hf_lm, open_flamingo, orbax_io, vit
 from flamingo_jax.checkpoints.engine import Source
 from flamingo_jax.checkpoints.tensors import CheckpointTensors, TensorView, open_file
 from flamingo_jax.configs.base import CLIP_PREPROCESSING, model_config
-from flamingo_jax.data import tokenizer as tokenizer_lib
 from flamingo_jax.flamingo import factory
 from flamingo_jax.flamingo.model import lm_config
 from flamingo_jax.flamingo.scan import stack_layers
@@ -168,5 +167,7 @@ def convert_open_flamingo(checkpoint, lm_path, config: ml_collections.ConfigDict
                                         rng=jax.random.key(config.seed))
   print(report)
   out = orbax_io.save(out, stack_layers(params, config.model), config)
+  # seqio (TensorFlow) here alone, as in hf_lm.load_vocabulary.
+  from flamingo_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   hf_lm.load_vocabulary(lm_path).save(out / tokenizer_lib.TOKENIZER_FILE)
   return out

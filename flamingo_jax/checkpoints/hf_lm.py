@@ -30,7 +30,6 @@ from flamingo_jax.checkpoints.engine import Source, same
 from flamingo_jax.checkpoints.tensors import CheckpointTensors
 from flamingo_jax.checkpoints.torch_layouts import (ACTIVATIONS, fused_part, heads_bias,
                                                     heads_kernel, layer_norm, linear, out_kernel)
-from flamingo_jax.data import tokenizer as tokenizer_lib
 from flamingo_jax.lm.model import DecoderLM, LMConfig
 
 # Parameters no Hugging Face checkpoint has: Flamingo's new token rows.
@@ -357,9 +356,13 @@ def load_tokenizer(path) -> tokenizers.Tokenizer:
   return tokenizers.Tokenizer.from_file(str(file))
 
 
-def load_vocabulary(path) -> tokenizer_lib.TokenizersVocabulary:
-  """The LM's tokenizer as a seqio vocabulary, with the EOS its tokenizer_config.json names,
-  or else its config.json's eos_token_id (the first, where it lists several)."""
+def load_vocabulary(path):
+  """The LM's tokenizer as a seqio vocabulary (data.tokenizer.TokenizersVocabulary), with the
+  EOS its tokenizer_config.json names, or else its config.json's eos_token_id (the first,
+  where it lists several)."""
+  # seqio brings TensorFlow: imported here alone, so that importing checkpoints (and comparing
+  # them) works where TensorFlow is not installed (benchmarks/device_check.sh's GPU machines).
+  from flamingo_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   if (path / tokenizer_lib.TOKENIZER_CONFIG_FILE).exists():
     return tokenizer_lib.TokenizersVocabulary.from_file(path / "tokenizer.json")

@@ -26,18 +26,15 @@ import threading
 import time
 
 from absl import logging
-from clu import metric_writers
 import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from flamingo_jax.flamingo import factory
 from flamingo_jax.checkpoints import orbax_io
-from flamingo_jax.data import mixtures
 from flamingo_jax.flamingo import trainable as trainable_lib
 from flamingo_jax import sharding
 from flamingo_jax.train import checkpointing, loop, optimizer
@@ -172,6 +169,12 @@ class Trainer:
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> list[dict]:
   """Trains to `config.train.num_steps` (or until SIGTERM) on `devices` (default: all);
   returns the logged metrics."""
+  # The data pipeline and the metric writers bring TensorFlow, so only the loop imports them:
+  # the compiled step (Trainer, train/aot.py, benchmarks/train_step.py) loads without it, as on
+  # the GPU machines benchmarks/device_check.sh runs on.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.data import mixtures  # pylint: disable=g-import-not-at-top
   trainer = Trainer(config, devices)
   preemption = Preemption()
   iterator = mixtures.make_iterator(config)
