@@ -1,12 +1,16 @@
 """flamingo-jax against OpenFlamingo (the `open-flamingo` package), the same model side by side:
 training step, cached few-shot generation (greedy and beam search), candidate scoring and
-few-shot captioning evaluation, on this machine's CPU in float32 with the same threads for
-both. Prints one table and writes it as JSON, with the training step's FLOPs (XLA's cost
-analysis, the jaxpr's matmuls and a formula) and how step time and memory grow with images per
-sequence and sequence length (flamingo-jax).
+few-shot captioning evaluation, on this machine's CPU with the same threads for both, in
+float32 or, with --dtype=bfloat16, each side's mixed precision: flamingo-jax's
+`config.precision` (bfloat16 activations, frozen weights stored in bfloat16) and OpenFlamingo's
+`amp_bf16` (`torch.autocast` to bfloat16 over float32 weights). Prints one table and writes it
+as JSON, with the training step's FLOPs (XLA's cost analysis, the jaxpr's matmuls and a
+formula) and how step time and memory grow with images per sequence and sequence length
+(flamingo-jax).
 
   python benchmarks/compare_openflamingo.py                 # the default configuration
   python benchmarks/compare_openflamingo.py --smoke         # a tiny model, in half a minute
+  python benchmarks/compare_openflamingo.py --dtype=bfloat16
 
 The same model: OpenFlamingo is built with random weights (an OpenCLIP ViT, a transformers LLaMA
 extended by open_flamingo's FlamingoLMMixin, its Flamingo; the tanh gates set to 0.5 so that the
@@ -26,7 +30,10 @@ Each side computes as its users run it:
   the LM's `past_key_values`, logits of the last position only (what transformers' generate
   asks for), and for beam search the images and the prompt repeated per beam; both sides always
   decode `--new_tokens` tokens, stopping at `<|endofchunk|>` only by filling with it. The time
-  to the first token is its own measurement: on flamingo-jax a call for one new token.
+  to the first token (the media encoded, the prompt read, a token chosen) and that of the
+  cached steps after it are each timed themselves: on OpenFlamingo inside the decoding call, on
+  flamingo-jax as `decode.generate.prefill` and the `*_from_prefill` call that continues it
+  (their sum is what `generate` / `beam_search` run in one program, timed too).
 - scoring: OpenFlamingo as its evaluation does (`cache_media`, the prompt read once, each
   candidate run on the prompt's cache); flamingo-jax's `decode.candidate_log_likelihoods` (all
   candidates in one call on copies of the prompt's cache).
@@ -72,7 +79,6 @@ import time
 from absl import app, flags
 import numpy as np
 import open_clip
-from open_flamingo.eval import coco_metric as of_coco_metric
 from open_flamingo.eval import eval_datasets as of_eval_datasets
 from open_flamingo.eval import eval_model as of_eval_model
 from open_flamingo.src import flamingo as of_flamingo
@@ -80,8 +86,6 @@ from open_flamingo.src import flamingo_lm as of_lm
 from open_flamingo.src import helpers as of_helpers
 from open_flamingo.src import utils as of_utils
 from PIL import Image
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 import safetensors.torch
 import tokenizers
 import torch
@@ -92,6 +96,8 @@ import measure
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("smoke", False, "A tiny model and short runs, for the test: the defaults of "
                   "the flags below not given are SMOKE_FLAGS'.")
+flags.DEFINE_enum("device", "cpu", ["cpu", "cuda"], "Where both sides compute: this machine's "
+                  "CPU, or its GPU (torch's cuda, JAX's cuda backend; peak device memory too).")
 flags.DEFINE_integer("threads", 2, "CPU threads for each side (CPUs 0..threads-1).")
 flags.DEFINE_integer("runs", 5, "Timed runs of everything (after one warm-up run).")
 flags.DEFINE_list("shots", ["4", "32"], "Few-shot prompts to generate and score with.")
@@ -104,7 +110,7 @@ flags.DEFINE_list("scaling_lengths", ["64", "256", "512"],
                   "flamingo-jax's training step with these sequence lengths too.")
 flags.DEFINE_integer("scaling_runs", 2, "Timed runs of each scaling point.")
 flags.DEFINE_integer("eval_queries", 16, "Queries (test images) of the few-shot captioning "
-                     "evaluation, at each of --shots.")
+                     "evaluation, at each of --shots (0: no evaluation).")
 flags.DEFINE_integer("eval_batch", 8, "Queries per batch of the captioning evaluation (the "
                      "default of OpenFlamingo's evaluate.py and of flamingo-jax's harness).")
 flags.DEFINE_integer("eval_pool", 32, "Support images each query's shots are drawn from. A "
@@ -113,8 +119,10 @@ flags.DEFINE_integer("eval_pool", 32, "Support images each query's shots are dra
                      "with a small pool.")
 flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "flamingo-jax's remat policy.")
 flags.DEFINE_bool("scan_layers", False, "flamingo-jax's layer scan.")
-flags.DEFINE_float("tolerance", 1e-3, "The most the two sides' logits, first losses and "
-                   "log-likelihoods may differ by (float32; absolute).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Both sides' precision: "
+                  "float32, or bfloat16 mixed precision (module docstring).")
+flags.DEFINE_float("tolerance", None, "The most the two sides' logits, first losses and "
+                   "log-likelihoods may differ by (absolute; default TOLERANCE's for --dtype).")
 flags.DEFINE_string("json", os.path.join(tempfile.gettempdir(), "compare_openflamingo.json"),
                     "Where to write the results.")
 flags.DEFINE_string("compilation_cache", "", "A folder for JAX's persistent compilation cache "
@@ -145,6 +153,8 @@ SMOKE = dict(
     resampler=dict(depth=1, num_latents=8), every=2, batch=2, length=24, images=2, caption=3,
     query=2)
 CANDIDATE_LENGTHS = (1, 2, 3, 4, 2)  # Tokens of each candidate answer that scoring ranks.
+# Two roundings of bfloat16 computations (8 bits of mantissa) part by far more than float32's.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 0.5}
 SMOKE_FLAGS = dict(runs=3, shots=["2"], new_tokens=8, scaling_images=["1"], scaling_lengths=[],
                    scaling_runs=1, eval_queries=4, eval_batch=2)
 # The captioning evaluation's tokenizer: LLaMA's special tokens, the prompt's words, and words
@@ -152,6 +162,10 @@ SMOKE_FLAGS = dict(runs=3, shots=["2"], new_tokens=8, scaling_images=["1"], scal
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
 PROMPT_WORDS = ("Output", ":")
 REFERENCES = 5  # Captions per COCO image.
+
+
+def tolerance() -> float:
+  return TOLERANCE[FLAGS.dtype] if FLAGS.tolerance is None else FLAGS.tolerance
 
 
 def set_smoke_defaults() -> None:
@@ -294,22 +308,39 @@ def scaling_points(sizes: dict) -> dict[str, tuple[int, int]]:
 class OpenFlamingoSide:
   """OpenFlamingo's training step, cached decoding and scoring, as its own code runs them."""
 
-  def __init__(self, model: of_flamingo.Flamingo, vocab: int):
-    self.model, self.lm = model, model.lang_encoder
+  def __init__(self, model: of_flamingo.Flamingo, vocab: int, dtype: str, device: str):
+    self.model, self.lm = model.to(device), model.lang_encoder
     self.eoc, self.media = vocab, vocab + 1
+    self.dtype, self.device = dtype, device
 
-  @staticmethod
-  def vision_x(images: np.ndarray) -> torch.Tensor:
-    """[B, M, H, W, 3] -> OpenFlamingo's [B, M, 1, 3, H, W]."""
-    return torch.from_numpy(images).permute(0, 1, 4, 2, 3)[:, :, None].contiguous()
+  def autocast(self):
+    """Where OpenFlamingo's `amp_bf16` runs its forward passes (train_utils.get_autocast):
+    bfloat16 matmuls over the float32 weights."""
+    return torch.autocast(self.device, torch.bfloat16, enabled=self.dtype == "bfloat16")
+
+  def sync(self) -> None:
+    """Waits for the GPU's queued work, before a clock is read."""
+    if self.device == "cuda":
+      torch.cuda.synchronize()
+
+  def vision_x(self, images: np.ndarray) -> torch.Tensor:
+    """[B, M, H, W, 3] -> OpenFlamingo's [B, M, 1, 3, H, W], on the device."""
+    return torch.from_numpy(images).permute(0, 1, 4, 2, 3)[:, :, None].contiguous().to(
+        self.device)
+
+  def ids(self, tokens: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(tokens).to(self.device)
 
   @torch.no_grad()
   def logits(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    return self.model(self.vision_x(images), torch.from_numpy(tokens)).logits.numpy()
+    with self.autocast():
+      logits = self.model(self.vision_x(images), self.ids(tokens)).logits
+    return logits.float().cpu().numpy()
 
   def train(self, images: np.ndarray, tokens: np.ndarray, runs: int) -> dict:
     """OpenFlamingo's train loop (open_flamingo/train/train_utils.py) on one batch: seconds of
-    `runs` steps after a warm-up step, the first step's loss and the peak resident memory."""
+    `runs` steps after a warm-up step, the first step's loss and the peak resident memory (and
+    on a GPU the device's)."""
     model = self.model.train()
     model.requires_grad_(False)
     embeddings = self.lm.get_input_embeddings()
@@ -322,13 +353,14 @@ class OpenFlamingoSide:
     optimizer = torch.optim.AdamW(
         [dict(params=[p for n, p in named if decay(n)], weight_decay=0.1),
          dict(params=[p for n, p in named if not decay(n)], weight_decay=0.0)], lr=1e-4)
-    vision_x, lang_x = self.vision_x(images), torch.from_numpy(tokens)
+    vision_x, lang_x = self.vision_x(images), self.ids(tokens)
     labels = lang_x.masked_fill(lang_x == self.media, -100)
-    keep = torch.zeros(embeddings.weight.shape[0], 1)
+    keep = torch.zeros(embeddings.weight.shape[0], 1, device=self.device)
     keep[[self.media, self.eoc]] = 1.0
 
     def step():
-      loss = model(vision_x, lang_x, labels=labels).loss
+      with self.autocast():
+        loss = model(vision_x, lang_x, labels=labels).loss
       loss.backward()
       # Only the new tokens' rows of the input embeddings learn.
       embeddings.weight.grad = embeddings.weight.grad * keep
@@ -339,27 +371,32 @@ class OpenFlamingoSide:
 
     first_loss = step()
     measure.reset_peak_rss()
+    if self.device == "cuda":
+      torch.cuda.reset_peak_memory_stats()
     times, _ = measure.seconds(step, runs, warmup=0)
     model.eval()
+    device_peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else None
     return dict(seconds=times, first_loss=first_loss, peak_rss=measure.peak_rss(),
-                trainable_parameters=sum(p.numel() for _, p in named))
+                device_peak=device_peak, trainable_parameters=sum(p.numel() for _, p in named))
 
   def start(self, vision_x: torch.Tensor, prompt: torch.Tensor, repeats: int = 1):
     """As open-flamingo's generate(): the media [B, M, 1, 3, H, W] encoded once for the call,
     then the prompts [B, L] read into the LM's cache. Returns the logits of their last position
     [B * repeats, V + 2] and the cache."""
-    # pylint: disable=protected-access
-    self.lm._use_cached_vision_x = True
-    self.model._encode_vision_x(vision_x.repeat_interleave(repeats, 0))
-    # pylint: enable=protected-access
-    out = self.lm(input_ids=prompt.repeat_interleave(repeats, 0), attention_mask=None,
-                  use_cache=True, logits_to_keep=1)
+    with self.autocast():
+      # pylint: disable=protected-access
+      self.lm._use_cached_vision_x = True
+      self.model._encode_vision_x(vision_x.repeat_interleave(repeats, 0))
+      # pylint: enable=protected-access
+      out = self.lm(input_ids=prompt.repeat_interleave(repeats, 0), attention_mask=None,
+                    use_cache=True, logits_to_keep=1)
     return out.logits[:, -1], out.past_key_values
 
   def extend(self, tokens: torch.Tensor, cache):
     """tokens [B] -> the logits after them [B, V + 2] (the cache grows in place)."""
-    out = self.lm(input_ids=tokens[:, None], attention_mask=None, past_key_values=cache,
-                  use_cache=True, logits_to_keep=1)
+    with self.autocast():
+      out = self.lm(input_ids=tokens[:, None], attention_mask=None, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
     return out.logits[:, -1]
 
   def finish(self):
@@ -368,11 +405,12 @@ class OpenFlamingoSide:
 
   @torch.no_grad()
   def greedy(self, vision_x: torch.Tensor, prompt: torch.Tensor, new_tokens: int):
-    """(tokens [B, new_tokens], seconds to the first one); after `<|endofchunk|>` a sequence
-    repeats it."""
+    """(tokens [B, new_tokens], seconds to the first one, seconds of the cached steps after
+    it); after `<|endofchunk|>` a sequence repeats it."""
     start = time.perf_counter()
     logits, cache = self.start(vision_x, prompt)
     token = logits.argmax(-1)
+    self.sync()
     first = time.perf_counter() - start
     tokens, done = [token], torch.zeros_like(token, dtype=torch.bool)
     for _ in range(new_tokens - 1):
@@ -380,22 +418,26 @@ class OpenFlamingoSide:
       done |= token == self.eoc
       token = torch.where(done, self.eoc, logits.argmax(-1))
       tokens.append(token)
+    self.sync()
+    steps = time.perf_counter() - start - first
     self.finish()
-    return torch.stack(tokens, 1).numpy(), first
+    return torch.stack(tokens, 1).cpu().numpy(), first, steps
 
   @torch.no_grad()
   def beam(self, vision_x: torch.Tensor, prompt: torch.Tensor, new_tokens: int, k: int,
            length_penalty: float = 1.0):
     """Beam search as flamingo_jax.decode.beam_search computes it (K live and K finished
     hypotheses, 2K candidates a step, scores divided by length ** length_penalty):
-    (sequences [B, K, new_tokens], scores [B, K], seconds to the first token)."""
+    (sequences [B, K, new_tokens], scores [B, K], seconds to the first token, seconds of the
+    cached steps after it)."""
     start = time.perf_counter()
     logits, cache = self.start(vision_x, prompt, repeats=k)
     batch, vocab = prompt.shape[0], logits.shape[-1]
-    live_seqs = torch.full((batch, k, new_tokens), self.eoc)
-    live_scores = torch.full((batch, k), -torch.inf)
+    live_seqs = torch.full((batch, k, new_tokens), self.eoc, device=self.device)
+    live_scores = torch.full((batch, k), -torch.inf, device=self.device)
     live_scores[:, 0] = 0.0  # Only beam 0 at first, so that K beams differ.
-    done_seqs, done_scores = live_seqs.clone(), torch.full((batch, k), -torch.inf)
+    done_seqs = live_seqs.clone()
+    done_scores = torch.full((batch, k), -torch.inf, device=self.device)
 
     def best(scores, *arrays):
       top, index = scores.topk(k, dim=1)
@@ -416,48 +458,54 @@ class OpenFlamingoSide:
       live_scores, live_seqs, origin, token = best(torch.where(stopped, -torch.inf, scores),
                                                    seqs, origin, token)
       if t == 0:
+        self.sync()
         first = time.perf_counter() - start
       if t < new_tokens - 1:
-        cache.reorder_cache((torch.arange(batch)[:, None] * k + origin).view(-1))
+        cache.reorder_cache((torch.arange(batch, device=self.device)[:, None] * k
+                             + origin).view(-1))
         logits = self.extend(token.reshape(-1), cache)
+    self.sync()
+    steps = time.perf_counter() - start - first
     self.finish()
     scores, seqs = best(
         torch.cat([done_scores, live_scores / new_tokens ** length_penalty], 1),
         torch.cat([done_seqs, live_seqs], 1))
-    return seqs.numpy(), scores.numpy(), first
+    return seqs.cpu().numpy(), scores.cpu().numpy(), first, steps
 
   @torch.no_grad()
   def score(self, images: np.ndarray, prompt: np.ndarray, candidates: np.ndarray,
             lengths: np.ndarray) -> np.ndarray:
     """log p(candidate | prompt) [B, C] as OpenFlamingo's evaluation ranks classes: the media
     cached, the prompt read once, each candidate run on the prompt's cache."""
-    model, prompt = self.model, torch.from_numpy(prompt)
-    model.cache_media(input_ids=prompt, vision_x=self.vision_x(images))
-    out = model(vision_x=None, lang_x=prompt, clear_conditioned_layers=False, use_cache=True)
+    model, prompt = self.model, self.ids(prompt)
+    with self.autocast():
+      model.cache_media(input_ids=prompt, vision_x=self.vision_x(images))
+      out = model(vision_x=None, lang_x=prompt, clear_conditioned_layers=False, use_cache=True)
     cache, last = out.past_key_values, out.logits[:, -1:]
     result = []
     for candidate, length in zip(candidates, lengths):
-      ids = torch.from_numpy(candidate[:length])[None].expand(prompt.shape[0], -1)
-      logits = model(vision_x=None, lang_x=ids, clear_conditioned_layers=False,
-                     past_key_values=cache, use_cache=True).logits
+      ids = self.ids(candidate[:length])[None].expand(prompt.shape[0], -1)
+      with self.autocast():
+        logits = model(vision_x=None, lang_x=ids, clear_conditioned_layers=False,
+                       past_key_values=cache, use_cache=True).logits
       logits = torch.cat([last, logits[:, :-1]], 1)
       result.append(torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).sum((1, 2)))
       # Back to the prompt's cache (OpenFlamingo's evaluation passed the immutable tuples of
       # transformers 4; transformers 5's cache grows in place).
       cache.crop(-int(length))
     model.uncache_media()
-    return torch.stack(result, 1).numpy()
+    return torch.stack(result, 1).cpu().numpy()
 
   def generation(self, images, prompt, candidates, lengths, new_tokens: int, beams: int,
                  runs: int) -> tuple[dict, dict]:
-    """(seconds of greedy and beam decoding, of their first tokens (timed inside the same
-    calls) and of scoring; the outputs)."""
-    seconds, outputs, firsts = {}, {}, {"greedy": [], "beam": []}
-    vision_x, prompt_ids = self.vision_x(images), torch.from_numpy(prompt)
+    """(seconds of greedy and beam decoding, of their first tokens and of the cached steps
+    after it (both timed inside the same calls), and of scoring; the outputs)."""
+    seconds, outputs, parts = {}, {}, {"greedy": [], "beam": []}
+    vision_x, prompt_ids = self.vision_x(images), self.ids(prompt)
 
     def timed(name, call):
-      *out, first = call()
-      firsts[name].append(first)
+      *out, first, steps = call()
+      parts[name].append((first, steps))
       return out
 
     seconds["greedy"], (outputs["greedy"],) = measure.seconds(
@@ -465,8 +513,9 @@ class OpenFlamingoSide:
     seconds["beam"], (outputs["beam"], outputs["beam_scores"]) = measure.seconds(
         lambda: timed("beam", lambda: self.beam(vision_x, prompt_ids, new_tokens, beams)),
         runs)
-    for name, times in firsts.items():
-      seconds[f"{name}_first_token"] = times[-runs:]  # Not the warm-up's.
+    for name, times in parts.items():
+      first, steps = zip(*times[-runs:])  # Not the warm-up's.
+      seconds[f"{name}_first_token"], seconds[f"{name}_steps"] = list(first), list(steps)
     seconds["score"], outputs["score"] = measure.seconds(
         lambda: self.score(images, prompt, candidates, lengths), runs)
     return seconds, outputs
@@ -494,8 +543,9 @@ class EvalModel(of_eval_model.BaseEvalModel):
     # The driver passes no attention mask, as generate() would pass one of ones here.
     assert text["attention_mask"].all(), "prompts of different lengths in one batch"
     with torch.inference_mode():
-      sequences, _, _ = self.side.beam(vision_x, text["input_ids"], max_generation_length,
-                                       num_beams, length_penalty)
+      sequences, *_ = self.side.beam(vision_x.to(self.side.device),
+                                     text["input_ids"].to(self.side.device),
+                                     max_generation_length, num_beams, length_penalty)
     return self.tokenizer.batch_decode(sequences[:, 0], skip_special_tokens=True)
 
   def get_caption_prompt(self, caption=None) -> str:
@@ -506,6 +556,11 @@ class EvalModel(of_eval_model.BaseEvalModel):
 def cider(captions: dict[str, str], references: dict[str, list[str]]) -> float:
   """CIDEr as OpenFlamingo's `compute_cider` takes it from pycocoevalcap's COCOEvalCap: the
   references and the captions PTB-tokenised, then CIDEr-D."""
+  # pycocoevalcap (and its Java) only where captions are scored: GPU machines lack them.
+  # pylint: disable=g-import-not-at-top
+  from pycocoevalcap.cider.cider import Cider
+  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+  # pylint: enable=g-import-not-at-top
   tokenizer = PTBTokenizer()
   gts = tokenizer.tokenize({k: [{"caption": c} for c in refs] for k, refs in references.items()})
   res = tokenizer.tokenize({k: [{"caption": c}] for k, c in captions.items()})
@@ -517,6 +572,10 @@ def evaluate_captioning(eval_model: EvalModel, data_dir: pathlib.Path, support: 
   """OpenFlamingo's `evaluate_captioning` (open_flamingo/eval/evaluate.py) on the COCO files in
   data_dir, every test image in file order, query i shown the train images support[i]:
   {"metrics": {"CIDEr"}, "predictions": {image id: caption}}."""
+  # It imports pycocoevalcap: here alone, as in `cider`.
+  # pylint: disable=g-import-not-at-top
+  from open_flamingo.eval import coco_metric as of_coco_metric
+  # pylint: enable=g-import-not-at-top
   dataset = lambda is_train: of_eval_datasets.CaptionDataset(
       image_train_dir_path=data_dir / "train2014", image_val_dir_path=data_dir / "val2014",
       annotations_path=data_dir / "dataset_coco.json", is_train=is_train, dataset_name="coco")
@@ -554,11 +613,16 @@ def time_captioning(eval_model: EvalModel, spec: dict, support: np.ndarray) -> d
   return dict(seconds=seconds, **result)
 
 
+def evaluated_shots(shots: list[int]) -> list[int]:
+  """The shot counts of the captioning evaluation: all, or none without --eval_queries."""
+  return shots if FLAGS.eval_queries else []
+
+
 def run_flamingo_jax(directory: pathlib.Path) -> tuple[dict, dict]:
-  """Runs benchmarks/compare_openflamingo_jax.py on `directory` on the CPU: (its results, its
+  """Runs benchmarks/compare_openflamingo_jax.py on `directory` on --device: (its results, its
   outputs)."""
   subprocess.run([sys.executable, str(HERE / "compare_openflamingo_jax.py"), str(directory)],
-                 check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                 check=True, env=dict(os.environ, JAX_PLATFORMS=FLAGS.device))
   return (json.loads((directory / "jax.json").read_text()),
           dict(np.load(directory / "jax_outputs.npz")))
 
@@ -578,17 +642,18 @@ def measure_both(sizes: dict, directory: pathlib.Path, rss_after_imports: int) -
                     data=str(directory / "coco"), warmup=str(directory / "coco_warmup"),
                     tokenizer=str(directory / "tokenizer" / "tokenizer.json"))
   for name, queries, seed in (("data", FLAGS.eval_queries, 0), ("warmup", 1, 1)):
-    write_coco(pathlib.Path(evaluation[name]), queries, FLAGS.eval_pool, image_size, words,
-               sizes["caption"], seed)
+    if FLAGS.eval_queries:
+      write_coco(pathlib.Path(evaluation[name]), queries, FLAGS.eval_pool, image_size, words,
+                 sizes["caption"], seed)
   np.savez(directory / "inputs.npz", **inputs)
-  side = OpenFlamingoSide(model, vocab)
+  side = OpenFlamingoSide(model, vocab, FLAGS.dtype, FLAGS.device)
   np.save(directory / "open_flamingo_logits.npy",
           side.logits(inputs["train_images"], inputs["train_tokens"]))
   spec = dict(threads=FLAGS.threads, runs=FLAGS.runs, shots=list(map(int, FLAGS.shots)),
               new_tokens=FLAGS.new_tokens, beams=FLAGS.beams,
               scaling=list(scaling_points(sizes)), scaling_runs=FLAGS.scaling_runs,
               remat=FLAGS.remat, scan_layers=FLAGS.scan_layers, vocab_size=vocab,
-              open_clip=sizes["open_clip"], tolerance=FLAGS.tolerance,
+              open_clip=sizes["open_clip"], tolerance=tolerance(), dtype=FLAGS.dtype,
               compilation_cache=FLAGS.compilation_cache, eval=evaluation)
   (directory / "spec.json").write_text(json.dumps(spec))
   # What OpenFlamingo's side runs on; the scaling batches are flamingo-jax's alone.
@@ -608,7 +673,7 @@ def measure_both(sizes: dict, directory: pathlib.Path, rss_after_imports: int) -
         FLAGS.runs)
     their_outputs |= {f"{k}_{shots}": v for k, v in out.items()}
   eval_model = EvalModel(side, image_processor, open_flamingo_tokenizer(directory / "tokenizer"))
-  for shots in spec["shots"]:  # The support each query was shown on flamingo-jax's side.
+  for shots in evaluated_shots(spec["shots"]):  # The support each query got on flamingo-jax's side.
     theirs[f"eval_{shots}"] = time_captioning(eval_model, spec,
                                               np.asarray(ours[f"eval_{shots}"]["support"]))
   theirs["parameters"] = sum(p.numel() for p in model.parameters())
@@ -631,6 +696,7 @@ def checks(results: dict, shots) -> dict:
                                                   axis=-1))),
         beam_scores_max_abs_diff=max_diff(f"beam_scores_{s}"),
         log_likelihoods_max_abs_diff=max_diff(f"score_{s}"))
+  for s in evaluated_shots(shots):
     a, b = (r[f"eval_{s}"] for r in (results["ours"], results["theirs"]))
     # Stripped: OpenFlamingo's postprocessing leaves the spaces before an "Output" it cuts at.
     out[f"eval_{s}"] = dict(
@@ -660,22 +726,26 @@ def table_rows(results: dict, sizes: dict, shots) -> list[dict]:
   add(train, "peak memory GiB", lambda b: b / 2 ** 30, lambda r: r["train"]["peak_rss"], False)
   add(train, "peak memory above imports GiB", lambda b: b / 2 ** 30,
       lambda r: r["train"]["peak_rss"] - r["train"]["rss_after_imports"], False)
+  if FLAGS.device == "cuda":
+    add(train, "peak device memory GiB", lambda b: b / 2 ** 30,
+        lambda r: r["train"]["device_peak"], False)
   n, p = FLAGS.new_tokens, FLAGS.prompts
   for s in shots:
     prompt = f"{s} shots ({p} x {results['prompt_lengths'][s]} tokens, {s + 1} images)"
     for name, label in (("greedy", "greedy"), ("beam", f"beam {FLAGS.beams}")):
-      # (seconds for all new tokens, seconds to the first); the rest is decoding proper.
-      times = lambda r, key=name: (measure.median(r[f"shots_{s}"][key]),
-                                   measure.median(r[f"shots_{s}"][f"{key}_first_token"]))
+      # Seconds of all new tokens, of the first, and of the cached steps after it.
+      times = lambda r, key=name: {part: measure.median(r[f"shots_{s}"][key + suffix])
+                                   for part, suffix in (("all", ""), ("first", "_first_token"),
+                                                        ("steps", "_steps"))}
       benchmark = f"{label}, {prompt}, {n} new"
-      add(benchmark, "first token s", lambda t: t[1], times, False)
-      add(benchmark, "tokens/s after the first", lambda t: p * (n - 1) / (t[0] - t[1]), times,
+      add(benchmark, "first token s", lambda t: t["first"], times, False)
+      add(benchmark, "tokens/s after the first", lambda t: p * (n - 1) / t["steps"], times,
           True)
-      add(benchmark, "new tokens/s end to end", lambda t: p * n / t[0], times, True)
+      add(benchmark, "new tokens/s end to end", lambda t: p * n / t["all"], times, True)
     add(f"score {len(CANDIDATE_LENGTHS)} candidates, {prompt}", "s", lambda t: t,
         lambda r: measure.median(r[f"shots_{s}"]["score"]), False)
   q = FLAGS.eval_queries
-  for s in shots:
+  for s in evaluated_shots(shots):
     add(f"few-shot captioning eval, {s} shots ({q} queries in batches of {FLAGS.eval_batch}, "
         f"beam {FLAGS.beams}, {n} new)", "queries/s", lambda t: q / t,
         lambda r: measure.median(r[f"eval_{s}"]["seconds"]), True)
@@ -717,7 +787,7 @@ def report(results: dict, sizes: dict, shots) -> dict:
   versions = {name: importlib.metadata.version(name) for name in (
       "jax", "flax", "torch", "transformers", "open_clip_torch", "open_flamingo")}
   lm, vision = sizes["lm"], sizes["open_clip"]["vision_cfg"]
-  print(f"flamingo-jax vs open-flamingo {versions['open_flamingo']}, float32, "
+  print(f"flamingo-jax vs open-flamingo {versions['open_flamingo']}, {FLAGS.dtype}, "
         f"{FLAGS.threads} threads each, {datetime.date.today()}, {cpu} ({os.cpu_count()} CPUs)")
   print(f"model: OpenCLIP ViT ({vision['layers']} layers, width {vision['width']}, patch "
         f"{vision['patch_size']}, {vision['image_size']} px); LLaMA-style LM ("
@@ -737,6 +807,7 @@ def report(results: dict, sizes: dict, shots) -> dict:
           f"{a['beam_sequences_equal']:.0%} (scores max |difference| "
           f"{a['beam_scores_max_abs_diff']:.1e}), log-likelihoods max |difference| "
           f"{a['log_likelihoods_max_abs_diff']:.1e}")
+  for s in evaluated_shots(shots):
     e = agreement[f"eval_{s}"]
     print(f"  {s}-shot captioning eval: captions equal {e['captions_equal']:.0%}, CIDEr "
           f"{e['cider']['flamingo_jax']:.4f} vs {e['cider']['open_flamingo']:.4f}")
@@ -769,7 +840,7 @@ def report(results: dict, sizes: dict, shots) -> dict:
                            ("peak_gib", "peak memory GiB")]))
   return dict(date=str(datetime.date.today()), machine=f"{cpu} ({os.cpu_count()} CPUs)",
               threads=FLAGS.threads, versions=versions, sizes=sizes,
-              flags={k: FLAGS[k].value for k in ("smoke", "runs", "shots", "prompts",
+              flags={k: FLAGS[k].value for k in ("smoke", "dtype", "runs", "shots", "prompts",
                                                   "new_tokens", "beams", "scaling_images",
                                                   "scaling_lengths", "scaling_runs", "remat",
                                                   "scan_layers", "tolerance", "eval_queries",
@@ -787,7 +858,7 @@ def main(argv):
   measure.pin_cpus(FLAGS.threads)
   torch.set_num_threads(FLAGS.threads)
   shots = list(map(int, FLAGS.shots))
-  if FLAGS.eval_pool < max(shots):
+  if FLAGS.eval_pool < max(evaluated_shots(shots), default=0):
     sys.exit(f"--eval_pool={FLAGS.eval_pool} support images cannot give {max(shots)} shots.")
   with tempfile.TemporaryDirectory() as temporary:
     directory = pathlib.Path(FLAGS.workdir or temporary)
@@ -800,9 +871,9 @@ def main(argv):
               + [agreement[f"shots_{s}"]["log_likelihoods_max_abs_diff"] for s in shots])
   pathlib.Path(FLAGS.json).write_text(json.dumps(summary, indent=1))
   print(f"\nwrote {FLAGS.json}")
-  if worst > FLAGS.tolerance:
+  if worst > tolerance():
     sys.exit(f"The two sides' losses or log-likelihoods differ by {worst:.2e}, more than "
-             f"--tolerance={FLAGS.tolerance}.")
+             f"the tolerance {tolerance()}.")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ token ids in OpenFlamingo's order), which compare_openflamingo.py checks against
 import json
 import pathlib
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +29,9 @@ import numpy as np
 import measure
 from flamingo_jax import decode
 from flamingo_jax.checkpoints import flamingo_sources, open_flamingo
-from flamingo_jax.configs.base import training_sections
-from flamingo_jax.data import tokenizer
-from flamingo_jax.evaluation import benchmarks, harness
+from flamingo_jax.configs.base import set_precision, training_sections
+from flamingo_jax.decode.beam import beam_search_from_prefill
+from flamingo_jax.decode.generate import generate_from_prefill, prefill
 from flamingo_jax.flamingo import trainable
 from flamingo_jax.flamingo.model import lm_config, xattn_layer_indices
 from flamingo_jax.flamingo.scan import stack_layers
@@ -40,12 +41,12 @@ CHECKPOINT, LM_DIR = "open_flamingo.safetensors", "lm"
 
 
 def flamingo_config(directory: pathlib.Path, spec: dict) -> ml_collections.ConfigDict:
-  """The config that computes what the saved OpenFlamingo computes, float32 throughout, with
-  the paper's optimiser on one device."""
+  """The config that computes what the saved OpenFlamingo computes, in the spec's precision
+  (`config.precision`), with the paper's optimiser on one device."""
   base = ml_collections.ConfigDict(dict(seed=0, model=dict(
-      dtype="float32", param_dtype="float32", remat=spec["remat"],
-      scan_layers=spec["scan_layers"])))
-  base.update(training_sections(dict(data=1, fsdp=1, tensor=1), frozen_dtype="float32"))
+      param_dtype="float32", remat=spec["remat"], scan_layers=spec["scan_layers"])))
+  base.update(training_sections(dict(data=1, fsdp=1, tensor=1)))
+  set_precision(base, spec["dtype"])
   return flamingo_sources.open_flamingo_config(
       base, directory / CHECKPOINT, directory / LM_DIR, vocab_size=spec["vocab_size"],
       open_clip_cfg=spec["open_clip"])
@@ -94,6 +95,21 @@ def formula_flops(model_config, batch: int, length: int, num_images: int) -> dic
   return {**{k: float(p) for k, p in parts.items()}, "total": float(sum(parts.values()))}
 
 
+def split_seconds(start, steps, runs: int) -> tuple[list[float], list[float]]:
+  """Seconds of `runs` calls of start() and of steps(what it returned) after it, each timed
+  itself, after one warm-up of both (compilation)."""
+  starts, rests = [], []
+  for run in range(runs + 1):
+    begin = time.perf_counter()
+    prefilled = jax.block_until_ready(start())
+    middle = time.perf_counter()
+    jax.block_until_ready(steps(prefilled))
+    if run:
+      starts.append(middle - begin)
+      rests.append(time.perf_counter() - middle)
+  return starts, rests
+
+
 class Side:
   """The imported model, its parameters and its compiled training step."""
 
@@ -109,6 +125,10 @@ class Side:
     """(Re)reads the parameters from OpenFlamingo's checkpoint."""
     params, _ = flamingo_sources.import_open_flamingo(self.directory / CHECKPOINT, self.config,
                                                       self.directory / LM_DIR)
+    # The frozen weights stored in the precision's dtype, as `flamingo_jax.load` stores them.
+    train, frozen = trainable.split(params, self.config.model.trainable)
+    params = trainable.merge(train, jax.tree.map(
+        lambda x: x.astype(self.config.train.frozen_dtype), frozen))
     if self.config.model.scan_layers:
       params = stack_layers(params, self.config.model)
     self.params = jax.device_put(params, self.trainer.param_shardings)
@@ -154,8 +174,11 @@ class Side:
     self.params = trainable.merge(state.params, frozen)
     memory = compiled.memory_analysis()
     batch, length = tokens.shape
+    # A GPU's peak since the process started (JAX cannot reset it): training runs first.
+    stats = jax.devices()[0].memory_stats()  # None on the CPU.
     return dict(
         seconds=times, first_loss=losses[0], peak_rss=measure.peak_rss(),
+        device_peak=stats["peak_bytes_in_use"] if stats else None,
         xla_bytes=dict(arguments=memory.argument_size_in_bytes,
                        outputs=memory.output_size_in_bytes, temporaries=memory.temp_size_in_bytes,
                        aliased=memory.alias_size_in_bytes),
@@ -166,25 +189,35 @@ class Side:
   def generation(self, images: np.ndarray, tokens: np.ndarray, candidates: np.ndarray,
                  lengths: np.ndarray, spec: dict) -> tuple[dict, dict]:
     """Greedy and beam decoding of `new_tokens` and the candidates' log-likelihoods for one
-    batch of prompts: (seconds of each, and of the first token alone; their outputs)."""
+    batch of prompts: (seconds of each, of the first token (the media encoded, the prompt
+    read) and of the cached steps after it; their outputs)."""
     images, tokens = jnp.asarray(images[:, :, None]), self.ours(tokens)
     eoc, n, runs = self.config.model.eoc_token_id, spec["new_tokens"], spec["runs"]
     mask = np.arange(candidates.shape[1]) < lengths[:, None]
     # Every call encodes its media, as open-flamingo's generate() does once per call.
     visual = lambda: decode.encode(self.model, self.params, images)
     calls = {
-        "greedy": lambda n: decode.generate(self.model, self.params, visual(), tokens, n,
-                                            stop_token=eoc),
-        "beam": lambda n: decode.beam_search(self.model, self.params, visual(), tokens, n,
-                                             beam_size=spec["beams"], stop_token=eoc),
+        "greedy": lambda: decode.generate(self.model, self.params, visual(), tokens, n,
+                                          stop_token=eoc),
+        "beam": lambda: decode.beam_search(self.model, self.params, visual(), tokens, n,
+                                           beam_size=spec["beams"], stop_token=eoc),
+    }
+    # The same two calls split at the prompt's cache: prefill, then the cached steps.
+    start = jax.jit(lambda params: prefill(self.model, params, decode.encode(
+        self.model, params, images), tokens, None, n - 1))
+    steps = {
+        "greedy": lambda first: generate_from_prefill(self.model, self.params, *first, n,
+                                                      stop_token=eoc),
+        "beam": lambda first: beam_search_from_prefill(
+            self.model, self.params, tokens, *first, n, beam_size=spec["beams"],
+            stop_token=eoc),
     }
     seconds, outputs = {}, {}
     for name, call in calls.items():
-      seconds[name], outputs[name] = measure.seconds(lambda: jax.block_until_ready(call(n)),
+      seconds[name], outputs[name] = measure.seconds(lambda: jax.block_until_ready(call()),
                                                      runs)
-      # The first token alone: the media encoded and the prompt read, one token chosen.
-      seconds[f"{name}_first_token"], _ = measure.seconds(
-          lambda: jax.block_until_ready(call(1)), runs)
+      seconds[f"{name}_first_token"], seconds[f"{name}_steps"] = split_seconds(
+          lambda: start(self.params), steps[name], runs)
     seconds["score"], scores = measure.seconds(lambda: jax.block_until_ready(
         decode.candidate_log_likelihoods(self.model, self.params, visual(), tokens,
                                          jnp.asarray(candidates), jnp.asarray(mask))), runs)
@@ -198,6 +231,12 @@ class Side:
     with it: the same programs compiled): its seconds, metrics and predictions, and the support
     each query was shown (train indices [Q, shots]), for OpenFlamingo's side to show the
     same."""
+    # The data and evaluation code brings TensorFlow, which GPU machines may lack: imported
+    # only where a captioning evaluation runs (--eval_queries).
+    # pylint: disable=g-import-not-at-top
+    from flamingo_jax.data import tokenizer
+    from flamingo_jax.evaluation import benchmarks, harness
+    # pylint: enable=g-import-not-at-top
     e = spec["eval"]
     vocabulary = tokenizer.make_vocabulary(e["tokenizer"])
     settings = harness.Settings(selection="random", batch_size=e["batch"],
@@ -240,7 +279,7 @@ def main(argv):
         inputs[f"prompt_images_{shots}"], inputs[f"prompt_tokens_{shots}"],
         inputs["candidates"], inputs["candidate_lengths"], spec)
     outputs |= {f"{k}_{shots}": v for k, v in out.items()}
-  for shots in spec["shots"]:
+  for shots in spec["shots"] if spec["eval"]["queries"] else []:
     results[f"eval_{shots}"] = side.captioning(spec, shots)
   results["scaling"] = []
   for name in spec["scaling"]:
