@@ -22,7 +22,6 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from flamingo_jax import sharding
 from flamingo_jax.train import aot
 from flamingo_jax.train import trainer as trainer_lib
 
