@@ -1,12 +1,12 @@
 """flamingo-jax against OpenFlamingo (the `open-flamingo` package), the same model side by side:
 training step, cached few-shot generation (greedy and beam search), candidate scoring and
-few-shot captioning evaluation, on this machine's CPU with the same threads for both, in
-float32 or, with --dtype=bfloat16, each side's mixed precision: flamingo-jax's
-`config.precision` (bfloat16 activations, frozen weights stored in bfloat16) and OpenFlamingo's
-`amp_bf16` (`torch.autocast` to bfloat16 over float32 weights). Prints one table and writes it
-as JSON, with the training step's FLOPs (XLA's cost analysis, the jaxpr's matmuls and a
-formula) and how step time and memory grow with images per sequence and sequence length
-(flamingo-jax).
+few-shot captioning evaluation, on this machine's CPU with the same threads for both (or,
+with --device=cuda, its GPU), in float32 or, with --dtype=bfloat16, each side's mixed
+precision: flamingo-jax's `config.precision` (bfloat16 activations, frozen weights stored in
+bfloat16) and OpenFlamingo's `amp_bf16` (`torch.autocast` to bfloat16 over float32 weights).
+Prints one table and writes it as JSON, with the training step's FLOPs (XLA's cost analysis,
+the jaxpr's matmuls and a formula) and how step time and memory grow with images per sequence
+and sequence length (flamingo-jax).
 
   python benchmarks/compare_openflamingo.py                 # the default configuration
   python benchmarks/compare_openflamingo.py --smoke         # a tiny model, in half a minute
@@ -32,8 +32,8 @@ Each side computes as its users run it:
   decode `--new_tokens` tokens, stopping at `<|endofchunk|>` only by filling with it. The time
   to the first token (the media encoded, the prompt read, a token chosen) and that of the
   cached steps after it are each timed themselves: on OpenFlamingo inside the decoding call, on
-  flamingo-jax as `decode.generate.prefill` and the `*_from_prefill` call that continues it
-  (their sum is what `generate` / `beam_search` run in one program, timed too).
+  flamingo-jax as `decode.encode` and `decode.generate.prefill`, then the `*_from_prefill` call
+  that continues them (`generate` / `beam_search` run the last two as one program, timed too).
 - scoring: OpenFlamingo as its evaluation does (`cache_media`, the prompt read once, each
   candidate run on the prompt's cache); flamingo-jax's `decode.candidate_log_likelihoods` (all
   candidates in one call on copies of the prompt's cache).
