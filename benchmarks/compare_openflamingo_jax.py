@@ -203,7 +203,7 @@ class Side:
                                            beam_size=spec["beams"], stop_token=eoc),
     }
     # The same two calls split at the prompt's cache: the media encoded and the prompt read,
-    # two programs as in `calls` (one program of both ran 10% slower here), then the cached
+    # two programs as in `calls` and as the harness and generate() run them, then the cached
     # steps.
     read = jax.jit(lambda params, visual: prefill(self.model, params, visual, tokens, None,
                                                   n - 1))
