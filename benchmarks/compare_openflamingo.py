@@ -640,6 +640,7 @@ def measure_both(sizes: dict, directory: pathlib.Path, rss_after_imports: int) -
   # The captioning evaluation's benchmark, and one query of another to warm up on.
   words = save_tokenizer(directory / "tokenizer", vocab)
   evaluation = dict(queries=FLAGS.eval_queries, batch=FLAGS.eval_batch,
+                    shots=evaluated_shots(list(map(int, FLAGS.shots))),
                     data=str(directory / "coco"), warmup=str(directory / "coco_warmup"),
                     tokenizer=str(directory / "tokenizer" / "tokenizer.json"))
   for name, queries, seed in (("data", FLAGS.eval_queries, 0), ("warmup", 1, 1)):
@@ -674,7 +675,7 @@ def measure_both(sizes: dict, directory: pathlib.Path, rss_after_imports: int) -
         FLAGS.runs)
     their_outputs |= {f"{k}_{shots}": v for k, v in out.items()}
   eval_model = EvalModel(side, image_processor, open_flamingo_tokenizer(directory / "tokenizer"))
-  for shots in evaluated_shots(spec["shots"]):  # The support each query got on flamingo-jax's side.
+  for shots in spec["eval"]["shots"]:  # The support each query got on flamingo-jax's side.
     theirs[f"eval_{shots}"] = time_captioning(eval_model, spec,
                                               np.asarray(ours[f"eval_{shots}"]["support"]))
   theirs["parameters"] = sum(p.numel() for p in model.parameters())

@@ -282,7 +282,7 @@ def main(argv):
         inputs[f"prompt_images_{shots}"], inputs[f"prompt_tokens_{shots}"],
         inputs["candidates"], inputs["candidate_lengths"], spec)
     outputs |= {f"{k}_{shots}": v for k, v in out.items()}
-  for shots in spec["shots"] if spec["eval"]["queries"] else []:
+  for shots in spec["eval"]["shots"]:
     results[f"eval_{shots}"] = side.captioning(spec, shots)
   results["scaling"] = []
   for name in spec["scaling"]:

@@ -76,15 +76,13 @@ except FileNotFoundError:
 result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(), gpus=gpus,
               versions={n: version(n) for n in ("jax", "jaxlib", "flax", "torch",
                                                 "transformers", "open_flamingo")})
-for part in ("train_step", "compare"):
-  rc = int((out / f"{part}.rc").read_text())
+status = {part: int((out / f"{part}.rc").read_text()) for part in ("train_step", "compare")}
+for part, rc in status.items():
   report = out / f"{part}.json"
   result[part] = (json.loads(report.read_text()) if rc == 0 and report.exists() else
-                  dict(exit_status=rc,
-                       error=(out / f"{part}.log").read_text()[-3000:]))
+                  dict(exit_status=rc, error=(out / f"{part}.log").read_text()[-3000:]))
 (out / "device_check.json").write_text(json.dumps(result, indent=1))
-print(f"wrote {out / 'device_check.json'}; exit status: train_step "
-      f"{(out / 'train_step.rc').read_text().strip()}, compare "
-      f"{(out / 'compare.rc').read_text().strip()}")
-sys.exit(max(int((out / f"{p}.rc").read_text()) for p in ("train_step", "compare")))
+print(f"wrote {out / 'device_check.json'}; exit status: " + ", ".join(
+    f"{part} {rc}" for part, rc in status.items()))
+sys.exit(max(status.values()))
 EOF

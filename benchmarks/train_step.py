@@ -69,6 +69,7 @@ def measure(config) -> dict:
     if run:
       seconds.append(time.perf_counter() - start)
   step = statistics.median(seconds)
+  tokens = trainer_lib.step_tokens(batches)
   kind = jax.devices()[0].device_kind
   peak = trainer_lib.PEAK_FLOPS.get(kind)
   memory = compiled.memory_analysis()
@@ -76,10 +77,10 @@ def measure(config) -> dict:
       device=kind, devices=jax.device_count(), mesh=dict(trainer.mesh.shape),
       precision=config.get("precision"), batch_sizes={
           name: t.batch_size for name, t in config.data.tasks.items()},
-      tokens_per_step=trainer_lib.step_tokens(batches), parameters=sum(
+      tokens_per_step=tokens, parameters=sum(
           x.size for x in jax.tree.leaves(trainer.abstract_params)),
       compile_seconds=compile_seconds, step_seconds=seconds, median_step_seconds=step,
-      tokens_per_second=trainer_lib.step_tokens(batches) / step,
+      tokens_per_second=tokens / step,
       model_flops_per_chip=flops, peak_flops_per_chip=peak,
       mfu=flops / step / peak if peak else None, loss=float(metrics["loss"]),
       memory_bytes=dict(arguments=memory.argument_size_in_bytes,
