@@ -12,6 +12,7 @@ from flamingo_jax.decode import (beam_search, candidate_log_likelihoods, encode,
                                  left_pad, right_pad)
 from flamingo_jax.decode.beam import beam_search_from_prefill
 from flamingo_jax.decode.generate import filter_logits, generate_from_prefill, prefill
+from flamingo_jax.flamingo.model import Flamingo
 
 from test_flamingo import interleaved_batch, open_gates
 
@@ -176,6 +177,16 @@ def test_a_batch_of_eight_prompts_of_different_lengths_decodes_as_each_alone(set
     np.testing.assert_allclose(beam_scores[b], alone_scores[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores[b], candidate_log_likelihoods(
         model, params, row_visual, alone, candidates, mask)[0], rtol=1e-5, atol=1e-4)
+
+
+def test_media_encoding_compiles_without_ynnpack_and_gives_the_models_tokens(setup):
+  """`encode` leaves out the YNNPACK dots that XLA:CPU uses by default (slower on the tower's
+  matmuls: docs/benchmarks.md), and computes what the model's own encoding computes."""
+  model, params, images, visual, _, _ = setup
+  own = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Flamingo.encode_media))
+  assert "__ynn_fusion" in own.lower(params, images).compile().as_text()
+  assert "__ynn_fusion" not in encode.lower(model, params, images).compile().as_text()
+  np.testing.assert_allclose(visual, own(params, images), atol=1e-5)
 
 
 def test_candidate_log_likelihoods_equal_the_full_forward(setup):

@@ -36,11 +36,22 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
   return tokens, positions
 
 
-@functools.partial(jax.jit, static_argnames="model")
+# XLA:CPU hands every dot to YNNPACK by default (jaxlib 0.10). On the vision tower's and the
+# resampler's matmuls (33 images: 1650 x 768 x 3072) its kernels ran 10-17% slower than XLA's
+# own Eigen dots, and on the LM's smaller ones faster (docs/benchmarks.md), so only media
+# encoding leaves them out. The option names a field of XLA's DebugOptions, which the GPU and
+# TPU compilers accept and do not read.
+ENCODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.partial(jax.jit, static_argnames="model", compiler_options=ENCODE_COMPILER_OPTIONS)
 def encode(model: Flamingo, params, images):
   """images [B, M, T, H, W, 3] float32 -> visual tokens [B, M, R, D]: what decoding conditions
   on. Each medium is encoded on its own (its T frames together), so a medium's tokens do not
-  depend on what it is batched with."""
+  depend on what it is batched with.
+
+  A program of its own (its compiler options): a caller that compiles the encoding into a
+  larger program applies `Flamingo.encode_media` there instead."""
   return model.apply({"params": params}, images, method=Flamingo.encode_media)
 
 
