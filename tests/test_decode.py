@@ -181,7 +181,7 @@ def test_a_batch_of_eight_prompts_of_different_lengths_decodes_as_each_alone(set
 
 def test_media_encoding_compiles_without_ynnpack_and_gives_the_models_tokens(setup):
   """`encode` leaves out the YNNPACK dots that XLA:CPU uses by default (slower on the tower's
-  matmuls: docs/benchmarks.md), and computes what the model's own encoding computes."""
+  matmuls: docs/design.md, "Decoding"), and computes what the model's own encoding computes."""
   model, params, images, visual, _, _ = setup
   own = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Flamingo.encode_media))
   assert "__ynn_fusion" in own.lower(params, images).compile().as_text()

@@ -38,9 +38,9 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
 
 # XLA:CPU hands every dot to YNNPACK by default (jaxlib 0.10). On the vision tower's and the
 # resampler's matmuls (33 images: 1650 x 768 x 3072) its kernels ran 10-17% slower than XLA's
-# own Eigen dots, and on the LM's smaller ones faster (docs/benchmarks.md), so only media
-# encoding leaves them out. The option names a field of XLA's DebugOptions, which the GPU and
-# TPU compilers accept and do not read.
+# own Eigen dots, and on the LM's smaller ones faster (docs/design.md, "Decoding"), so only
+# media encoding leaves them out. The option is a field of XLA's DebugOptions, which every
+# backend's compiler takes and only XLA:CPU reads.
 ENCODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
