@@ -8,9 +8,9 @@ prompts that compare_openflamingo.py saved in its work folder (the default confi
 loads each side in a process of its own on the same CPUs, and asks them for one first token at
 a time, in turn (each pair in the other order than the last, after a pause that lets the other
 side's threads settle): each pair's ratio compares the two sides within seconds. It prints
-every pair and the medians. flamingo-jax's side also times its encoding compiled with XLA's default options
-(`decode.encode` leaves out XLA:CPU's YNNPACK dots: docs/design.md, "Decoding"), to see whether
-that still pays.
+every pair and the medians. flamingo-jax's side also times its encoding compiled with XLA's
+default options (`decode.encode` leaves out XLA:CPU's YNNPACK dots: docs/design.md,
+"Decoding"), to see whether that still pays.
 
   python benchmarks/compare_openflamingo.py --shots=32 --eval_queries=0 --scaling_images= \
       --scaling_lengths= --workdir=DIR
@@ -72,21 +72,19 @@ def jax_timer(directory: pathlib.Path, spec: dict, shots: int):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import compare_openflamingo_jax as ours  # pylint: disable=g-import-not-at-top
-  from flamingo_jax import decode  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.decode.generate import prefill  # pylint: disable=g-import-not-at-top
-  from flamingo_jax.flamingo.model import Flamingo  # pylint: disable=g-import-not-at-top
+  from flamingo_jax.decode.generate import (  # pylint: disable=g-import-not-at-top
+      encode, prefill, visual_tokens)
   side = ours.Side(directory, spec)
   inputs = np.load(directory / "inputs.npz")
   images = jnp.asarray(inputs[f"prompt_images_{shots}"][:, :, None])
   tokens = side.ours(inputs[f"prompt_tokens_{shots}"])
   read = jax.jit(lambda params, visual: jnp.argmax(
       prefill(side.model, params, visual, tokens, None, spec["new_tokens"] - 1)[0], -1))
-  default = jax.jit(lambda params, x: side.model.apply({"params": params}, x,
-                                                       method=Flamingo.encode_media))
+  default = jax.jit(lambda params, x: visual_tokens(side.model, params, x))
 
   def first_token() -> dict:
     start = time.perf_counter()
-    visual = jax.block_until_ready(decode.encode(side.model, side.params, images))
+    visual = jax.block_until_ready(encode(side.model, side.params, images))
     middle = time.perf_counter()
     jax.block_until_ready(read(side.params, visual))
     end = time.perf_counter()

@@ -11,8 +11,8 @@ import pytest
 from flamingo_jax.decode import (beam_search, candidate_log_likelihoods, encode, generate,
                                  left_pad, right_pad)
 from flamingo_jax.decode.beam import beam_search_from_prefill
-from flamingo_jax.decode.generate import filter_logits, generate_from_prefill, prefill
-from flamingo_jax.flamingo.model import Flamingo
+from flamingo_jax.decode.generate import (filter_logits, generate_from_prefill, prefill,
+                                          visual_tokens)
 
 from test_flamingo import interleaved_batch, open_gates
 
@@ -183,7 +183,7 @@ def test_media_encoding_compiles_without_ynnpack_and_gives_the_models_tokens(set
   """`encode` leaves out the YNNPACK dots that XLA:CPU uses by default (slower on the tower's
   matmuls: docs/design.md, "Decoding"), and computes what the model's own encoding computes."""
   model, params, images, visual, _, _ = setup
-  own = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Flamingo.encode_media))
+  own = jax.jit(lambda p, x: visual_tokens(model, p, x))
   assert "__ynn_fusion" in own.lower(params, images).compile().as_text()
   assert "__ynn_fusion" not in encode.lower(model, params, images).compile().as_text()
   np.testing.assert_allclose(visual, own(params, images), atol=1e-5)

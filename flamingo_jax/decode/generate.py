@@ -44,15 +44,19 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
 ENCODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-@functools.partial(jax.jit, static_argnames="model", compiler_options=ENCODE_COMPILER_OPTIONS)
-def encode(model: Flamingo, params, images):
+def visual_tokens(model: Flamingo, params, images):
   """images [B, M, T, H, W, 3] float32 -> visual tokens [B, M, R, D]: what decoding conditions
   on. Each medium is encoded on its own (its T frames together), so a medium's tokens do not
   depend on what it is batched with.
 
-  A program of its own (its compiler options): a caller that compiles the encoding into a
-  larger program applies `Flamingo.encode_media` there instead."""
+  Traceable, for a program that encodes as one of its parts (train/serving.py); `encode` is it
+  compiled as a program of its own, with ENCODE_COMPILER_OPTIONS (a jit with compiler options
+  cannot nest in another)."""
   return model.apply({"params": params}, images, method=Flamingo.encode_media)
+
+
+encode = jax.jit(visual_tokens, static_argnames="model",
+                 compiler_options=ENCODE_COMPILER_OPTIONS)
 
 
 def prefill(model: Flamingo | DecoderLM, params, visual, tokens, positions, room: int):

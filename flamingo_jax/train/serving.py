@@ -21,9 +21,8 @@ import ml_collections
 
 from flamingo_jax import sharding
 from flamingo_jax.checkpoints import orbax_io
-from flamingo_jax.decode.generate import extend, prefill
+from flamingo_jax.decode.generate import extend, prefill, visual_tokens
 from flamingo_jax.flamingo import factory
-from flamingo_jax.flamingo.model import Flamingo
 from flamingo_jax.train import flops as flops_lib
 from flamingo_jax.train import pod
 
@@ -103,9 +102,8 @@ def compile_programs(config: ml_collections.ConfigDict, mesh, params, batch: int
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   by_row = lambda ndim: sharding.batch_sharding(mesh, axis_rules, ndim)
   return {
-      "encode": compile_program(
-          lambda p, x: model.apply({"params": p}, x, method=Flamingo.encode_media),
-          (params, pixels), mesh, axis_rules),
+      "encode": compile_program(lambda p, x: visual_tokens(model, p, x), (params, pixels),
+                                mesh, axis_rules),
       "prefill": compile_program(start, start_args, mesh, axis_rules,
                                  out_shardings=(by_row(2), state_shardings, by_row(1))),
       # Continues from the state as prefill leaves it, in place (donated), as a loop would.
